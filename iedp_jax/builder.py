@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from iedp_jax.distributed import barrier
 from iedp_jax.model import IEDP, SEG, IEDPConfig
 from iedp_jax.prompts import class_prompt_table, scene_prompt_ids
 from iedp_jax.sd import load_clip_text, load_clip_vision, load_tokenizer, load_unet, load_vae
@@ -33,7 +34,12 @@ def resolve_backbone(cfg: ConfigDict, workdir: Path) -> tuple[Path, Path]:
     if cfg.model.tiny_backbone:
         from iedp_jax.data.synthetic import write_tiny_backbone  # noqa: PLC0415
 
-        folder = write_tiny_backbone(workdir / "tiny_backbone", seed=cfg.seed)
+        folder = workdir / "tiny_backbone"
+        if jax.process_index() == 0:  # the workdir is shared: one writer, the others wait
+            write_tiny_backbone(folder, seed=cfg.seed)
+        barrier("tiny backbone written")
+        if jax.process_index() != 0:
+            write_tiny_backbone(folder, seed=cfg.seed)  # checks what process 0 wrote
         return folder, folder / "image_encoder"
     sd, clip = Path(cfg.model.pretrained).expanduser(), Path(cfg.model.clip_vision).expanduser()
     if not cfg.model.pretrained or not (sd / "unet").is_dir():

@@ -1,5 +1,6 @@
 """Shared command-line plumbing: ``--config`` (ml_collections, with ``--config.a.b=v`` overrides)
-and ``--workdir``. Flags are defined only when an entry point runs, never on import."""
+and ``--workdir``, and the multi-process start-up (:mod:`iedp_jax.distributed`). Flags are
+defined only when an entry point runs, never on import."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def run(main: Callable[[ConfigDict, str, dict], None], extra_flags: Callable[[],
             logging.set_verbosity(logging.WARNING)  # orbax logs every file write at INFO
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag.")
+        from iedp_jax import distributed  # noqa: PLC0415
+
+        distributed.initialize()  # before anything touches a device
         main(config.value, workdir.value, flags.FLAGS.flag_values_dict())
 
     app.run(_main)

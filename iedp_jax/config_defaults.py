@@ -37,8 +37,11 @@ def base_config() -> ConfigDict:
         conv_channels=192,
     ))
     c.data = ConfigDict(dict(
-        name="synthetic_seg",     # synthetic_seg | synthetic_depth
-        data_dir="",
+        name="synthetic_seg",     # synthetic_seg | synthetic_depth | ade20k | nyu
+        data_dir="",              # ade20k / nyu: the dataset folder in its usual layout
+        format="tfds",            # ade20k / nyu: tfds (prepared array_record files) | folders (decode files directly)
+        tfds_dir="",              # where tfds prepares and reads them; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+        num_workers=-1,           # input decoding threads per process; -1 = min(16, cores), 0 = none
         crop_size=(64, 64),
         train_size=512,           # synthetic datasets only
         val_size=64,

@@ -24,6 +24,7 @@ from ml_collections import ConfigDict
 from iedp_jax import parallel
 from iedp_jax.checkpoint import Checkpointer, abstract_like
 from iedp_jax.data.datasets import make_dataset
+from iedp_jax.data.pipeline import next_step, step_state, train_iterator
 from iedp_jax.evaluate import evaluate
 from iedp_jax.model import IEDP, SEG
 from iedp_jax.optim import make_optimizer
@@ -70,6 +71,7 @@ def init_state(model: IEDP, tx, mesh, unet_params: PyTree, frozen: PyTree, image
     state_sh = parallel.tree_shardings(mesh, abstract)
     frozen_sh = parallel.tree_shardings(mesh, frozen)
     unet_sh = state_sh["params"]["unet"]
+    unet_params = parallel.put(unet_params, unet_sh)  # host arrays -> global arrays (multi-host safe)
     state = jax.jit(make, in_shardings=(unet_sh, frozen_sh), out_shardings=state_sh)(unet_params, frozen)
     return state, state_sh
 
@@ -136,17 +138,28 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     dataset, model, mesh, frozen, state, step_fn = t.dataset, t.model, t.mesh, t.frozen, t.state, t.step_fn
 
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every, cfg.train.keep_checkpoints)
+    rows = parallel.process_rows(cfg.train.batch_size)
+    threads = int(cfg.data.num_workers)
+    batches = train_iterator(dataset, cfg.train.batch_size, rows, total,
+                             num_threads=None if threads < 0 else threads)
     start = 0
     latest = ckpt.latest_step()
     if latest is not None:
-        state, data_state = ckpt.restore(latest, abstract_like(state))
-        dataset.restore(data_state)
+        state, meta = ckpt.restore(latest, abstract_like(state))
+        dataset.restore(meta)
         start = int(latest)
+        if not ckpt.restore_data(latest, batches):
+            log_line(f"the checkpoint's data state is for another process count: restarting the "
+                     f"(step-determined) order at step {start}")
+            batches.set_state(step_state(batches, start, rows.stop - rows.start))
+        got = next_step(batches.get_state(), rows.stop - rows.start)
+        if got != start:
+            raise ValueError(f"the checkpoint of step {start} holds a data iterator at step {got}: "
+                             "the checkpoint is inconsistent; remove it or use a new --workdir.")
         log_line(f"resumed from {workdir / 'checkpoints'} at step {start}")
     last_saved = latest
 
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    rows = parallel.process_rows(cfg.train.batch_size)
     end = total if stop_after is None else min(stop_after, total)
 
     from tqdm.auto import tqdm  # noqa: PLC0415 - progress bar only for the loop
@@ -169,7 +182,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
         return m
 
     for step in range(start, end):
-        batch = parallel.global_batch(mesh, dataset.train_batch(step, cfg.train.batch_size, rows))
+        batch = parallel.global_batch(mesh, next(batches))
         state, metrics = step_fn(state, frozen, batch)
         if pending is not None:
             finish(*pending)
@@ -178,7 +191,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
         if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == end:
             finish(*pending)
             pending = None
-            ckpt.save(step + 1, state, dataset.state(step + 1), force=True)
+            ckpt.save(step + 1, state, batches, dataset.state(step + 1), force=True)
             last_saved = step + 1
     if pending is not None:
         finish(*pending)
@@ -200,7 +213,14 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     return results
 
 
+def _define_flags() -> None:
+    from absl import flags  # noqa: PLC0415
+
+    flags.DEFINE_integer("stop_after", None, "Stop once this global step is trained and checkpointed, without "
+                         "evaluating (e.g. to fit a job slot); rerun without it to resume.")
+
+
 if __name__ == "__main__":
     from iedp_jax.cli import run
 
-    run(lambda config, workdir, _: train(config, workdir))
+    run(lambda config, workdir, flag_values: train(config, workdir, flag_values.get("stop_after")), _define_flags)

@@ -173,18 +173,22 @@ def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
 
 
 def test_ade_config_runs_on_a_fake_ade_copy(tmp_path):
-    """The real configs/ade.py path (folder reader, VPD transforms, 150 classes) trains and evaluates."""
+    """The real configs/ade.py path (tfds prepared from the folder, grain, VPD transforms, 150
+    classes) trains and evaluates."""
     from tests.test_folders import write_ade
 
     data = write_ade(tmp_path / "ade", n_train=4)
     cfg = load_config("ade", **{
         "model.tiny_backbone": True, "data.data_dir": str(data), "data.crop_size": (64, 64),
+        "data.tfds_dir": str(tmp_path / "tfds"),
         "model.fpn_channels": 32, "model.head_channels": 32, "model.head_groups": 8, "model.decoder_heads": 4,
         "train.total_steps": 2, "train.batch_size": 2, "train.eval_batch_size": 2, "train.ckpt_every": 2,
         "train.log_every": 1, "optim.warmup_steps": 1})
+    assert cfg.data.format == "tfds"
     results = train(cfg, tmp_path / "work")
     assert len(results["IoU"]) == 150 and 0.0 <= results["aAcc"] <= 1.0
     assert results["num_images"] == 3
+    assert list((tmp_path / "tfds" / "iedp_ade20k").glob("*/*.array_record-*"))
 
 
 def test_smoke_depth_learns(tmp_path):

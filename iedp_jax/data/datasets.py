@@ -2,7 +2,7 @@
 
 A training batch is a pure function of ``(seed, step)`` (:mod:`iedp_jax.data.order`), so a
 resumed run sees exactly the batches an uninterrupted run would, and each process loads only its
-own rows. The iterator state saved in checkpoints is just the next step.
+own rows. The trainer streams ``train_example`` through grain (:mod:`iedp_jax.data.pipeline`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ class SyntheticSource(EpochOrder):
         if "depth" in out:
             out["depth"] = out["depth"].astype(np.float32)
         return out
+
+    def train_example(self, step: int, row: int, batch_size: int) -> dict[str, np.ndarray]:
+        """Global row ``row`` of the batch of ``step``."""
+        batch = self._select(self.data.batch("train", [self.train_index(step, row, batch_size)]))
+        return {k: v[0] for k, v in batch.items()}
 
     def train_batch(self, step: int, batch_size: int, rows: slice) -> dict[str, np.ndarray]:
         """This process's rows of the global batch of ``step``."""

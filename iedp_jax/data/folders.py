@@ -1,4 +1,4 @@
-"""Real datasets read straight from their usual folder layouts (no tfds/grain yet).
+"""Real datasets read straight from their usual folder layouts (``data.format='folders'``).
 
 Both sources implement the trainer's source interface (see :mod:`iedp_jax.data.datasets`):
 ``task``, ``class_names``, ``scene_names``, ``num_classes``, ``num_train``, ``num_val``,
@@ -153,6 +153,11 @@ class _FolderSource(EpochOrder):
         self._pool: ThreadPoolExecutor | None = None
 
     # -- per-example work (subclasses) ---------------------------------------------------------
+    def _files(self, entry: tuple) -> tuple[Any, Any]:
+        """The two encoded files of an entry: paths here; prepared-tfds sources return file
+        objects over the stored bytes (:mod:`iedp_jax.data.builders`)."""
+        return entry[0], entry[1]
+
     def _train_example(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
@@ -177,16 +182,16 @@ class _FolderSource(EpochOrder):
                     for k in self.batch_keys}
         return {k: np.stack([e[k] for e in examples]) for k in self.batch_keys}
 
+    def train_example(self, step: int, row: int, batch_size: int) -> dict[str, np.ndarray]:
+        """Global row ``row`` of the batch of ``step``, decoded and augmented."""
+        rng = np.random.default_rng((self.seed, int(step), int(row)))
+        return self._train_example(self.train_index(step, row, batch_size), rng)
+
     def train_batch(self, step: int, batch_size: int, rows: slice) -> dict[str, np.ndarray]:
-        """This process's rows of the global batch of ``step``."""
-        indices = self.train_indices(step, batch_size)
-        global_rows = list(range(batch_size))[rows]
-
-        def one(row: int) -> dict[str, np.ndarray]:
-            rng = np.random.default_rng((self.seed, int(step), int(row)))
-            return self._train_example(int(indices[row]), rng)
-
-        return self._stack(self._map(one, global_rows))
+        """This process's rows of the global batch of ``step`` (the trainer streams the same
+        examples through :func:`iedp_jax.data.pipeline.train_iterator`)."""
+        return self._stack(self._map(lambda row: self.train_example(step, row, batch_size),
+                                     list(range(batch_size))[rows]))
 
     def val_batches(self, batch_size: int, rows: slice) -> Iterator[dict[str, np.ndarray]]:
         """The validation split in fixed-size batches (this process's rows of each); the last is
@@ -237,7 +242,8 @@ class ADE20KSource(_FolderSource):
     crop). Labels go through ``reduce_zero_label`` (0 -> 255, k -> k - 1).
 
     ``split_sizes = (n_train, n_val)`` keeps only the first files of each split (sorted by
-    name; ``None`` for all), e.g. for quick runs. ``img_scale`` defaults to ``(4 s, s)`` with
+    name; ``None`` for all), e.g. for quick runs. ``files`` = (train, val) entries replaces the
+    folder listing (used by the prepared-tfds source). ``img_scale`` defaults to ``(4 s, s)`` with
     ``s = min(crop_size)`` (mmseg's (2048, 512) for 512 crops). ``photometric=False`` turns the
     colour distortion off.
     """
@@ -250,18 +256,20 @@ class ADE20KSource(_FolderSource):
                  seed: int = 0, split_sizes: Sequence[int | None] | None = None, *,
                  img_scale: Sequence[int] | None = None,
                  ratio_range: Sequence[float] = (0.5, 2.0), cat_max_ratio: float = 0.75,
-                 photometric: bool = True, num_workers: int | None = None) -> None:
-        data_dir = str(data_dir)
-        root = None
-        for cand in (Path(data_dir) / "ADEChallengeData2016", Path(data_dir)):
-            if (cand / "images").is_dir() and (cand / "annotations").is_dir():
-                root = cand
-                break
-        if root is None:
-            raise FileNotFoundError(f"no ADE20K dataset at {data_dir!r}: {_ADE_LAYOUT}.")
-        self.root = root
-        self.train_files = _ade_pairs(root, "training", data_dir)
-        self.val_files = _ade_pairs(root, "validation", data_dir)
+                 photometric: bool = True, num_workers: int | None = None,
+                 files: tuple[list, list] | None = None) -> None:
+        if files is None:
+            data_dir = str(data_dir)
+            root = None
+            for cand in (Path(data_dir) / "ADEChallengeData2016", Path(data_dir)):
+                if (cand / "images").is_dir() and (cand / "annotations").is_dir():
+                    root = cand
+                    break
+            if root is None:
+                raise FileNotFoundError(f"no ADE20K dataset at {data_dir!r}: {_ADE_LAYOUT}.")
+            self.root = root
+            files = (_ade_pairs(root, "training", data_dir), _ade_pairs(root, "validation", data_dir))
+        self.train_files, self.val_files = list(files[0]), list(files[1])
         if split_sizes is not None:
             n_train, n_val = split_sizes
             if any(n is not None and int(n) <= 0 for n in (n_train, n_val)):
@@ -275,7 +283,8 @@ class ADE20KSource(_FolderSource):
         super().__init__(crop_size, seed, len(self.train_files), len(self.val_files), num_workers)
 
     def _load(self, pair: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
-        image, label = load_rgb(pair[0]), load_label(pair[1])
+        image_file, label_file = self._files(pair)
+        image, label = load_rgb(image_file), load_label(label_file)
         if image.shape[:2] != label.shape:
             raise ValueError(f"{pair[0]} is {image.shape[:2]} but its annotation {pair[1]} is {label.shape}.")
         return image, T.reduce_zero_label(label)
@@ -336,7 +345,8 @@ class NYUv2Source(_FolderSource):
     ``train_split_file`` / ``test_split_file``: paths (absolute, or relative to the working
     directory or to ``data_dir``); by default ``nyudepthv2_{train,test}_files_with_gt.txt`` in
     ``data_dir/splits/``, ``data_dir/`` or ``data_dir/train_test_inputs/``. Extra keywords go to
-    the training transform (e.g. ``color_jitter="bts"``, ``cutdepth_prob``).
+    the training transform (e.g. ``color_jitter="bts"``, ``cutdepth_prob``). ``files`` = (train,
+    test) entries ``(rgb, depth, scene)`` replaces the folder listing (prepared-tfds source).
     """
 
     task = "depth"
@@ -345,8 +355,18 @@ class NYUv2Source(_FolderSource):
     def __init__(self, data_dir: str | os.PathLike, crop_size: Sequence[int] = (480, 480),
                  seed: int = 0, train_split_file: str | os.PathLike | None = None,
                  test_split_file: str | os.PathLike | None = None, *,
-                 num_workers: int | None = None, **train_transform_kwargs: Any) -> None:
-        data_dir = str(data_dir)
+                 num_workers: int | None = None, files: tuple[list, list] | None = None,
+                 **train_transform_kwargs: Any) -> None:
+        if files is None:
+            files = self._list(str(data_dir), train_split_file, test_split_file)
+        self.train_files, self.val_files = list(files[0]), list(files[1])
+        self.scene_names = tuple(sorted({f[2] for f in self.train_files + self.val_files}))
+        self._scene_index = {s: i for i, s in enumerate(self.scene_names)}
+        self.train_transform_kwargs = dict(train_transform_kwargs)
+        super().__init__(crop_size, seed, len(self.train_files), len(self.val_files), num_workers)
+
+    def _list(self, data_dir: str, train_split_file, test_split_file) -> tuple[list, list]:
+        """(train, test) entries ``(rgb, depth, scene)`` from the BTS layout, checked to exist."""
         base = Path(data_dir)
         if not (base / "sync").is_dir() and (base / "nyu_depth_v2").is_dir():
             base = base / "nyu_depth_v2"
@@ -359,19 +379,16 @@ class NYUv2Source(_FolderSource):
                                      Path(data_dir) / "splits", Path(data_dir)]))
         train_list = _read_split(self._find_split(train_split_file, NYU_TRAIN_SPLIT, search, data_dir))
         test_list = _read_split(self._find_split(test_split_file, NYU_TEST_SPLIT, search, data_dir))
-        self.train_files = [self._entry(self.train_root, rgb, dep) for rgb, dep in train_list]
-        self.val_files = [self._entry(self.test_root, rgb, dep) for rgb, dep in test_list]
-        for split, files in (("train", self.train_files), ("test", self.val_files)):
+        train_files = [self._entry(self.train_root, rgb, dep) for rgb, dep in train_list]
+        val_files = [self._entry(self.test_root, rgb, dep) for rgb, dep in test_list]
+        for split, files in (("train", train_files), ("test", val_files)):
             if not files:
                 raise FileNotFoundError(f"the NYUv2 {split} split file lists no image with depth: {_NYU_LAYOUT}.")
             missing = [p for f in files for p in f[:2] if not p.is_file()]
             if missing:
                 more = f" (and {len(missing) - 1} more files)" if len(missing) > 1 else ""
                 raise FileNotFoundError(f"the NYUv2 {split} split lists {missing[0]}, which does not exist{more}.")
-        self.scene_names = tuple(sorted({f[2] for f in self.train_files + self.val_files}))
-        self._scene_index = {s: i for i, s in enumerate(self.scene_names)}
-        self.train_transform_kwargs = dict(train_transform_kwargs)
-        super().__init__(crop_size, seed, len(self.train_files), len(self.val_files), num_workers)
+        return train_files, val_files
 
     @staticmethod
     def _find_split(given, name: str, search: list[Path], data_dir: str) -> Path:
@@ -391,7 +408,8 @@ class NYUv2Source(_FolderSource):
         return root / rgb.lstrip("/"), root / depth.lstrip("/"), scene_from_path(rgb)
 
     def _load(self, entry: tuple[Path, Path, str]) -> tuple[np.ndarray, np.ndarray, np.int32]:
-        image, depth = load_rgb(entry[0]), load_depth_png(entry[1])
+        image_file, depth_file = self._files(entry)
+        image, depth = load_rgb(image_file), load_depth_png(depth_file)
         if image.shape[:2] != depth.shape:
             raise ValueError(f"{entry[0]} is {image.shape[:2]} but its depth {entry[1]} is {depth.shape}.")
         return image, depth, np.int32(self._scene_index[entry[2]])
@@ -415,14 +433,22 @@ class NYUv2Source(_FolderSource):
 # --------------------------------------------------------------------------------------------
 
 def make_folder_dataset(cfg_data, seed: int):
-    """The folder source named by ``cfg_data.name`` (``'ade20k'`` or ``'nyu'``), reading
-    ``cfg_data.data_dir`` with ``cfg_data.crop_size``."""
+    """The source named by ``cfg_data.name`` (``'ade20k'`` or ``'nyu'``) over
+    ``cfg_data.data_dir`` with ``cfg_data.crop_size``: prepared tfds files when
+    ``cfg_data.format == 'tfds'``, the files themselves when ``'folders'``."""
     name = cfg_data.name
     if not cfg_data.data_dir:
         what = ("ADE20K (the ADEChallengeData2016 folder)" if name == "ade20k"
                 else "NYUv2 in the BTS layout (sync/, official_splits/test/ and the split files)")
         raise ValueError(f"data.name={name!r} reads {what} from disk: download it and pass "
                          "--config.data.data_dir=/path/to/it.")
+    fmt = cfg_data.get("format", "folders")
+    if fmt == "tfds":
+        from iedp_jax.data.builders import make_prepared_dataset  # noqa: PLC0415 - optional deps
+
+        return make_prepared_dataset(cfg_data, seed)
+    if fmt != "folders":
+        raise ValueError(f"data.format={fmt!r} is not known: use 'tfds' or 'folders'.")
     if name == "ade20k":
         return ADE20KSource(cfg_data.data_dir, tuple(cfg_data.crop_size), seed)
     if name == "nyu":

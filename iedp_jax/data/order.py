@@ -21,19 +21,31 @@ class EpochOrder:
     _perm_cache: dict[int, np.ndarray] | None = None
 
     def _perm(self, epoch: int) -> np.ndarray:
-        if not self._perm_cache or epoch not in self._perm_cache:
-            self._perm_cache = {epoch: np.random.default_rng((self.seed, epoch)).permutation(self.num_train)}
-        return self._perm_cache[epoch]
+        cache = self._perm_cache  # read once: decoding threads may replace it concurrently
+        if cache and epoch in cache:
+            return cache[epoch]
+        perm = np.random.default_rng((self.seed, epoch)).permutation(self.num_train)
+        self._perm_cache = {epoch: perm}
+        return perm
 
     def train_indices(self, step: int, batch_size: int) -> np.ndarray:
         """Example indices of the global batch of ``step``."""
-        flat = step * batch_size + np.arange(batch_size)
-        return np.array([self._perm(int(f // self.num_train))[f % self.num_train] for f in flat])
+        return np.array([self.train_index(step, row, batch_size) for row in range(batch_size)])
+
+    def train_index(self, step: int, row: int, batch_size: int) -> int:
+        """Example index of global row ``row`` of the batch of ``step``."""
+        flat = int(step) * int(batch_size) + int(row)
+        return int(self._perm(flat // self.num_train)[flat % self.num_train])
 
     def state(self, next_step: int) -> dict[str, Any]:
-        return {"next_step": int(next_step), "seed": self.seed}
+        """What a checkpoint records about the order (beside grain's iterator state)."""
+        return {"next_step": int(next_step), "seed": self.seed, "num_train": self.num_train}
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Checks that a checkpoint's order is this run's order."""
         if state and state.get("seed", self.seed) != self.seed:
             raise ValueError(f"the checkpoint was written with seed {state['seed']}, this run uses "
                              f"{self.seed}: keep the seed to resume, or use a new --workdir.")
+        if state and state.get("num_train", self.num_train) != self.num_train:
+            raise ValueError(f"the checkpoint was written for {state['num_train']} training examples, this "
+                             f"dataset has {self.num_train}: resume on the same data, or use a new --workdir.")

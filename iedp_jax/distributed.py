@@ -1,0 +1,81 @@
+"""Multi-process start-up: ``jax.distributed.initialize`` when the run spans processes.
+
+Called by every entry point before anything touches a device (:func:`iedp_jax.cli.run`):
+
+1. ``IEDP_COORDINATOR_ADDRESS``, ``IEDP_NUM_PROCESSES`` and ``IEDP_PROCESS_ID`` set (the
+   launch scripts in ``launch/`` set them): initialise with those values.
+2. Under SLURM with more than one task, or on a multi-host Cloud TPU slice: initialise with no
+   arguments (JAX reads the cluster itself).
+3. Otherwise: one process, nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import jax
+
+ENV_COORDINATOR = "IEDP_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "IEDP_NUM_PROCESSES"
+ENV_PROCESS_ID = "IEDP_PROCESS_ID"
+_ENV = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+
+_initialized = False
+
+
+def explicit_settings(env: Mapping[str, str]) -> tuple[str, int, int] | None:
+    """``(coordinator, num_processes, process_id)`` from the IEDP_* variables, None when none
+    is set; a partial or malformed set is an error that names what to fix."""
+    given = [k for k in _ENV if env.get(k)]
+    if not given:
+        return None
+    if len(given) != len(_ENV):
+        missing = [k for k in _ENV if k not in given]
+        raise ValueError(f"{', '.join(given)} set but {', '.join(missing)} not: set all three "
+                         "(launch/local_multiprocess.sh and launch/gpu_slurm.sbatch do) or none.")
+    try:
+        n, i = int(env[ENV_NUM_PROCESSES]), int(env[ENV_PROCESS_ID])
+    except ValueError as e:
+        raise ValueError(f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers, got "
+                         f"{env[ENV_NUM_PROCESSES]!r} and {env[ENV_PROCESS_ID]!r}.") from e
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"{ENV_PROCESS_ID}={i} must lie in [0, {ENV_NUM_PROCESSES}={n}).")
+    return env[ENV_COORDINATOR], n, i
+
+
+def cluster_detected(env: Mapping[str, str]) -> bool:
+    """True under a multi-task SLURM job or on a multi-host TPU slice (JAX auto-detects both)."""
+    if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return True
+    hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    return len([h for h in hosts.split(",") if h]) > 1
+
+
+def initialize(env: Mapping[str, str] | None = None) -> bool:
+    """Starts the JAX distributed runtime when this run spans processes; True when it did (or
+    already had). Idempotent."""
+    global _initialized  # noqa: PLW0603 - one runtime per process
+    if _initialized:
+        return True
+    env = os.environ if env is None else env
+    explicit = explicit_settings(env)
+    if explicit is not None:
+        coordinator, n, i = explicit
+        if n == 1:
+            return False
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=n, process_id=i)
+    elif cluster_detected(env):
+        jax.distributed.initialize()
+    else:
+        return False
+    _initialized = True
+    return True
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches ``name`` (no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        multihost_utils.sync_global_devices(name)

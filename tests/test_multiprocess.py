@@ -1,0 +1,114 @@
+"""Two local CPU processes (2 devices each) train, checkpoint, resume and evaluate like one
+process with 4 devices: started through launch/local_multiprocess.sh, as users do."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from iedp_jax import distributed
+from iedp_jax.evaluate import evaluate_checkpoint
+from tests.test_train import ROOT, params_of, small
+
+LAUNCH = ROOT / "launch" / "local_multiprocess.sh"
+# A short smoke run. Adam's first steps are ~lr * sign(g), which turns rounding-level gradient
+# differences (cross-process reductions sum in another order) into O(lr) ones; a large eps makes
+# the update proportional to the gradient, so the comparison measures the training itself.
+OVERRIDES = {"train.total_steps": 4, "train.ckpt_every": 2, "train.log_every": 1, "train.batch_size": 8,
+             "train.eval_batch_size": 8, "data.val_size": 12, "data.crop_size": (32, 32),
+             "optim.eps": 1.0, "mesh.shape": (2, 2)}
+
+
+def _flags(**extra) -> list[str]:
+    out = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
+    return [a.replace(" ", "") for a in out]
+
+
+def _env(devices: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IEDP_")}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(ROOT))
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> str:
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    return res.stdout + res.stderr
+
+
+def _train(workdir: Path, processes: int, *extra: str) -> str:
+    cmd = [sys.executable, "-m", "iedp_jax.train", "--config", "configs/smoke_seg.py", "--workdir", str(workdir),
+           *_flags(), *extra]
+    if processes == 1:
+        return _run(cmd, _env(4))
+    return _run(["bash", str(LAUNCH), "-n", str(processes), "-d", "2", "--", *cmd], _env(2))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multiprocess")
+    single, multi = root / "single", root / "multi"
+    _train(single, 1)
+    first = _train(multi, 2, "--stop_after=2")  # one checkpoint (step 2), then exit
+    second = _train(multi, 2)  # resumes at step 2, trains to 4, evaluates
+    return single, multi, first, second
+
+
+def test_two_processes_train_resume_and_match_one(runs):
+    single, multi, first, second = runs
+    assert "[p 0]" in first and "[p 1]" in first
+    assert not (multi / "results.json").exists() or "resumed" in second
+    assert "resumed from" in second and "at step 2" in second
+    # one process wrote the logs: one progress writer, one results file, one metrics line per step
+    steps = [json.loads(x)["step"] for x in (multi / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert steps == [1, 2, 3, 4], steps
+    # every process saved its own data-iterator state, at the checkpoint's step
+    for p in range(2):
+        state = json.loads((multi / "checkpoints" / "2" / "data" / f"process_{p}-of-2.json").read_text())
+        assert state["next_index"] == 2 * 4  # 4 rows per process per step
+    cfg = small(**OVERRIDES)
+    a, b = params_of(single, cfg), params_of(multi, cfg)
+    assert int(a["step"]) == int(b["step"]) == 4
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (single, multi))
+    assert ra["num_images"] == rb["num_images"] == 12
+    assert abs(ra["mIoU"] - rb["mIoU"]) < 1e-3 and abs(ra["aAcc"] - rb["aAcc"]) < 1e-3
+
+
+def test_evaluation_over_two_processes_equals_one(runs):
+    single = runs[0]
+    cmd = [sys.executable, "-m", "iedp_jax.evaluate", "--config", "configs/smoke_seg.py", "--workdir",
+           str(single), *_flags(**{"eval.num_visualizations": 2})]
+    _run(["bash", str(LAUNCH), "-n", "2", "-d", "2", "--", *cmd], _env(2))
+    two = json.loads((single / "eval" / "results.json").read_text())
+    one = evaluate_checkpoint(small(**OVERRIDES, **{"mesh.shape": (1, 1), "eval.num_visualizations": 0}),
+                              single)
+    assert two["num_images"] == one["num_images"] == 12 and two["step"] == one["step"] == 4
+    for key in ("mIoU", "aAcc", "mAcc"):
+        assert abs(two[key] - one[key]) < 1e-6, (key, two[key], one[key])
+    np.testing.assert_allclose(two["IoU"], one["IoU"], atol=1e-6)
+
+
+def test_distributed_settings_from_environment():
+    assert distributed.explicit_settings({}) is None
+    env = {"IEDP_COORDINATOR_ADDRESS": "h:1234", "IEDP_NUM_PROCESSES": "4", "IEDP_PROCESS_ID": "3"}
+    assert distributed.explicit_settings(env) == ("h:1234", 4, 3)
+    with pytest.raises(ValueError, match="IEDP_PROCESS_ID not: set all three"):
+        distributed.explicit_settings({k: v for k, v in env.items() if k != "IEDP_PROCESS_ID"})
+    with pytest.raises(ValueError, match=r"must lie in \[0, IEDP_NUM_PROCESSES=4\)"):
+        distributed.explicit_settings({**env, "IEDP_PROCESS_ID": "4"})
+    assert distributed.cluster_detected({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"})
+    assert not distributed.cluster_detected({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"})
+    assert distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "t-0,t-1,t-2,t-3"})
+    assert not distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "localhost"})
+    assert distributed.initialize({}) is False  # one process: nothing started
