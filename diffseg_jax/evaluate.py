@@ -75,6 +75,21 @@ __all__ = ["FILTER_MODES", "EvalFns", "default_config", "evaluate", "labels_at",
 # The config.
 
 
+def open_dataset(data: ConfigDict) -> SegFolder:
+    """The validation reader of ``data.name``: the prepared tfds copy or the folder itself."""
+    fmt = str(data.get("format", "folders"))
+    if fmt == "tfds":
+        if str(data.split).strip() not in ("", "val", "val2017"):
+            raise ValueError(f"data.split={data.split!r}: the tfds format prepares the validation split only; "
+                             "use data.format='folders' for other splits.")
+        from diffseg_jax.builders import make_prepared_dataset  # noqa: PLC0415 - optional deps
+
+        return make_prepared_dataset(str(data.name), data.data_dir, str(data.tfds_dir) or None, int(data.num_images))
+    if fmt != "folders":
+        raise ValueError(f"data.format={fmt!r} is not known: use 'tfds' or 'folders'.")
+    return make_dataset(str(data.name), data.data_dir, str(data.split) or None, int(data.num_images))
+
+
 def default_config(dataset: str = "voc") -> ConfigDict:
     """Every key ``python -m diffseg_jax.evaluate`` reads, with the paper's settings for ``dataset``."""
     c = ConfigDict()
@@ -85,6 +100,8 @@ def default_config(dataset: str = "voc") -> ConfigDict:
         data_dir="",             # the folder holding the dataset (see diffseg_jax.datasets)
         split="",                # '' = val (val2017 for coco)
         num_images=0,            # evaluate the first N images only; 0 = all
+        format="tfds",           # tfds (prepared array_record copy, built on first use) | folders
+        tfds_dir="",             # where tfds prepares and reads it; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
     ))
     d = DiffSegConfig()
     c.diffseg = ConfigDict(dict(
@@ -337,8 +354,7 @@ def evaluate(config: ConfigDict, workdir: str | os.PathLike | None = None, mesh=
                          "(diffusers layout).")
     sweep = [float(t) for t in config.eval.sweep_thresholds]
     dcfg = _diffseg_config(config)
-    ds = make_dataset(str(config.data.name), config.data.data_dir, str(config.data.split) or None,
-                      int(config.data.num_images))
+    ds = open_dataset(config.data)
     n = ds.num_images
     num_classes = ds.num_classes
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(str(config.dtype))

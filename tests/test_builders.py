@@ -102,8 +102,10 @@ def test_config_format_tfds_and_errors(prepared, tmp_path):
     with pytest.raises(ValueError, match="data.format='parquet' is not known"):
         make_folder_dataset(cfg, seed=0)
     cfg.format, cfg.tfds_dir, cfg.data_dir = "tfds", str(tmp_path / "empty"), str(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="is not prepared in .* does not exist: set --config.data.data_dir"):
+    with pytest.raises(FileNotFoundError, match="no NYUv2 dataset at .*missing"):
         make_folder_dataset(cfg, seed=0)
+    with pytest.raises(FileNotFoundError, match="not prepared in .* no dataset folder is given"):
+        B.prepare(B.IedpNyuDepthV2, "", tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     with pytest.raises(FileNotFoundError, match="no NYUv2 dataset at"):
         B.prepare(B.IedpNyuDepthV2, tmp_path / "bad", tmp_path / "t2")

@@ -176,6 +176,27 @@ def test_running_best_equals_label_map_at_every_threshold():
                                       np.asarray(label_map(jnp.asarray(maps), jnp.asarray(valid), t)))
 
 
+@pytest.mark.parametrize("name", ["voc", "context", "coco"])
+def test_prepared_tfds_copy_reads_like_the_folder(name, fake, tmp_path):
+    from diffseg_jax.builders import BUILDERS, PreparedSegDataset, make_prepared_dataset
+
+    folder = make_dataset(name, fake[name])
+    ds = make_prepared_dataset(name, fake[name], tmp_path)
+    assert isinstance(ds, PreparedSegDataset) and list(tmp_path.glob(f"{BUILDERS[name]().name}/*/*.array_record-*"))
+    assert (ds.key, ds.class_names, ds.prompt_names) == (folder.key, folder.class_names, folder.prompt_names)
+    assert ds.num_images == folder.num_images == 3
+    for i in range(3):
+        assert ds.size(i) == folder.size(i) and ds.name(i) == folder.name(i)
+        assert ds.image_path(i).name == folder.image_path(i).name
+        (a, la, na), (b, lb, nb) = ds.load(i), folder.load(i)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+        assert na == nb
+    assert make_prepared_dataset(name, "/not/needed/once/prepared", tmp_path, num_images=2).num_images == 2
+    with pytest.raises(DatasetError, match="does not exist"):
+        make_prepared_dataset(name, tmp_path / "nowhere", tmp_path / "other")
+
+
 # ----------------------------------------------------------------------------------------------
 # End to end.
 
@@ -184,6 +205,7 @@ def _config(name, backbone, data_dir, **eval_overrides):
     c = default_config(name)
     c.pretrained = str(backbone)
     c.data.data_dir = str(data_dir)
+    c.data.tfds_dir = str(Path(data_dir).parent / "tfds")  # the default format: prepared once per copy
     c.diffseg.image_size = 64
     c.filtering.mode = "all"
     c.eval.batch_size = 2  # 3 images: the second batch has a padding row
@@ -274,7 +296,7 @@ def test_command_line(backbone, fake, tmp_path, voc_results):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     base = [sys.executable, "-m", "diffseg_jax.evaluate", "--config", str(ROOT / "configs/diffseg_voc.py"),
             f"--config.pretrained={backbone}", "--config.diffseg.image_size=64", "--config.filtering.mode=all",
-            "--config.eval.batch_size=2", "--config.eval.classes_per_call=16"]
+            "--config.eval.batch_size=2", "--config.eval.classes_per_call=16", "--config.data.format=folders"]
     res = subprocess.run(base + [f"--config.data.data_dir={fake['voc']}", "--workdir", str(tmp_path / "w"),
                                  "--config.eval.sweep_thresholds=(0.3,0.5,0.7)"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

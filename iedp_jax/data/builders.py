@@ -139,11 +139,10 @@ def prepare(builder_cls: type, manual_dir: str | os.PathLike, data_dir: str | os
     _require_tfds()
     builder = builder_cls(data_dir=str(data_dir or default_data_dir()), file_format="array_record")
     if not builder.is_prepared():
-        if not manual_dir or not Path(manual_dir).is_dir():
-            raise FileNotFoundError(f"{builder.name} is not prepared in {builder.data_dir} and the dataset folder "
-                                    f"{str(manual_dir)!r} does not exist: set --config.data.data_dir to the "
-                                    "folder in its usual layout.")
-        builder.check_layout(Path(manual_dir))
+        if not manual_dir or not str(manual_dir).strip():
+            raise FileNotFoundError(f"{builder.name} is not prepared in {builder.data_dir} and no dataset folder "
+                                    "is given: set --config.data.data_dir to the folder in its usual layout.")
+        builder.check_layout(Path(manual_dir))  # the folder reader's one-sentence layout error
         try:
             import tensorflow  # noqa: F401, PLC0415 - tfds serialises examples with it
         except ImportError as e:

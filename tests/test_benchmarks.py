@@ -1,0 +1,125 @@
+"""The benchmark drivers: input_pipeline.py on a tiny synthetic ADE20K, run_all.py's commands,
+parsers, table and README section (nothing heavy is run)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import run_all as R
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_input_pipeline_tiny(tmp_path):
+    cmd = [sys.executable, "benchmarks/input_pipeline.py", "--images", "6", "--long-side", "96", "192",
+           "--crop", "32", "--batch", "2", "--steps", "2", "--threads", "1", "--breakdown", "2", "--no-torch",
+           "--dir", str(tmp_path / "ade")]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["benchmark"] == "input_pipeline" and res["device"]["cpu_count"] >= 1
+    for fmt in ("folders", "tfds"):
+        assert res["examples_per_s"][fmt]["1"] > 0, fmt
+    assert "torch" not in res["examples_per_s"]
+    assert res["prepare_s"] > 0 and res["per_core_examples_per_s"] > 0
+    bd = res["breakdown_ms"]
+    assert bd["total"] > 0 and abs(bd["decode"] + bd["transforms"] - bd["total"]) < 0.01
+    images = sorted((tmp_path / "ade" / "ADEChallengeData2016" / "images" / "training").glob("*.jpg"))
+    assert len(images) == 6
+    # its rows for run_all's table
+    rows = R.parse_input_pipeline(out.stdout)
+    assert [r["benchmark"] for r in rows] == ["input pipeline (folders)", "input pipeline (tfds)"]
+    assert all(r["jax"] > 0 and r["torch"] is None for r in rows)
+
+
+def _dry_run(*args: str) -> str:
+    out = subprocess.run([sys.executable, "benchmarks/run_all.py", "--dry-run", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_run_all_dry_run_lists_the_four_benchmarks():
+    cpu = _dry_run("--preset", "cpu")
+    for name in R.BENCHMARKS:
+        assert f"# {name}" in cpu
+    for script in ("unet.py --config tiny --batch 4 --size 256", "train_step.py --config configs/smoke_seg.py",
+                   "input_pipeline.py", "diffseg.py --classes 20 --batch 2 --image-size 64"):
+        assert script in cpu, script
+    gpu = _dry_run("--preset", "gpu", "--sd15", "/m/sd15", "--clip-vision", "/m/clip")
+    assert "unet.py --config sd15 --batch 8 --size 512 --dtype bfloat16" in gpu
+    assert "--config.model.pretrained=/m/sd15" in gpu and "--config.model.clip_vision=/m/clip" in gpu
+    assert "diffseg.py --pretrained /m/sd15 --classes 20" in gpu and "skipped" not in gpu
+    only = _dry_run("--preset", "gpu", "--only", "unet,diffseg")
+    assert "# unet" in only and "# diffseg  (skipped: needs --sd15)" in only and "# train_step" not in only
+
+
+CANNED = [
+    {"benchmark": "UNet forward", "config": "tiny UNet, batch 4", "jax": 10.91, "torch": 26.5, "tflops": 0.044,
+     "memory": "host RSS 2.14 GiB (process)"},
+    {"benchmark": "IEDP train step", "config": "smoke", "jax": 71.49, "torch": None, "tflops": 0.029,
+     "memory": "device 20.50 GiB"},
+    {"benchmark": "DiffSegmenter vmapped (one UNet call)", "config": "tiny", "jax": 25.62, "torch": 3.54,
+     "tflops": None, "memory": None},
+]
+
+
+def test_table_columns_and_cells():
+    table = R.format_table(CANNED, "2026-11-23", "CPU, 2 cores").splitlines()
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    assert header == ["date", "device", "benchmark", "config", "JAX img/s", "PyTorch img/s", "ratio",
+                      "TFLOP/s", "peak memory"]
+    assert len(table) == 2 + len(CANNED)
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert cells[0] == ["2026-11-23", "CPU, 2 cores", "UNet forward", "tiny UNet, batch 4", "10.91", "26.50",
+                        "0.41x", "0.044", "host RSS 2.14 GiB (process)"]
+    assert cells[1][5:8] == ["", "", "0.029"] and cells[1][8] == "device 20.50 GiB"
+    assert cells[2][6] == "7.24x" and cells[2][7:] == ["", ""]
+
+
+def test_parsers_read_the_scripts_text():
+    unet = ("forward           jax    10.91 img/s (0.044 TFLOP/s)   torch    26.50 img/s   ratio 0.41x\n"
+            "forward+backward  jax     2.76 img/s (0.033 TFLOP/s)   torch     8.08 img/s   ratio 0.34x\n"
+            "peak device memory: jax 2147483648 bytes, torch n/a bytes; peak host RSS (whole process) 2.14 GiB\n")
+    rows = R.parse_unet(unet)
+    assert [(r["jax"], r["torch"], r["tflops"]) for r in rows] == [(10.91, 26.5, 0.044), (2.76, 8.08, 0.033)]
+    assert rows[0]["memory"] == "device: JAX 2.00 GiB"
+    step = ("train step: 71.49 images/s (223.8 ms/step; first step 12.3 s), 0.029 TFLOP/s (XLA cost "
+            "analysis: 6.6 GFLOP/step)\npeak device memory: n/a (CPU) ; peak host RSS 2.30 GiB\n")
+    assert R.parse_train_step(step)[0] | {"benchmark": None} == {
+        "benchmark": None, "config": "", "jax": 71.49, "torch": None, "tflops": 0.029,
+        "memory": "host RSS 2.30 GiB (process)"}
+    seg = ("jax vmapped (one UNet call):    25.620 images/s\n"
+           "jax per-class loop:              8.120 images/s   vmapped/loop 3.15x\n"
+           "torch per-class reference:       3.540 images/s   vmapped/torch 7.24x   (max |x| 1.1e-05)\n")
+    assert [(r["jax"], r["torch"]) for r in R.parse_diffseg(seg)] == [(25.62, 3.54), (8.12, 3.54)]
+    assert R.parse_unet("Traceback ...") == [] and R.parse_input_pipeline("no json") == []
+
+
+def test_readme_section_is_inserted_then_replaced():
+    text = "# iedp-jax\n\nIntro.\n\n## Layout\n\nfiles\n"
+    once = R.replace_section(text, "TABLE 1")
+    assert once.startswith(text.rstrip("\n")) and once.endswith(f"## Performance\n\n{R.START}\nTABLE 1\n{R.END}\n")
+    twice = R.replace_section(once, "TABLE 2")
+    assert twice == once.replace("TABLE 1", "TABLE 2")
+    heading = "# x\n\n## Performance\n\nold prose\n\n## Layout\n"
+    got = R.replace_section(heading, "T")
+    assert got == f"# x\n\n## Performance\n\n{R.START}\nT\n{R.END}\n\nold prose\n\n## Layout\n"
+
+
+def test_run_all_main_writes_the_table(tmp_path, monkeypatch):
+    fake = ("print('forward           jax    10.00 img/s (0.050 TFLOP/s)   torch     5.00 img/s   ratio 2.00x'); "
+            "print('peak device memory: jax n/a bytes, torch n/a bytes; peak host RSS (whole process) 1.00 GiB')")
+    specs = [R.Spec("unet", [[sys.executable, "-c", fake]], "fake UNet", R.parse_unet),
+             R.Spec("diffseg", [[sys.executable, "-c", "raise SystemExit(3)"]], "fails", R.parse_diffseg),
+             R.Spec("train_step", [], "skipped", R.parse_train_step, skip="needs --sd15")]
+    monkeypatch.setattr(R, "build_specs", lambda preset, args: specs)
+    monkeypatch.setattr(R, "device_name", lambda env: "CPU, 2 cores")
+    out = tmp_path / "perf.md"
+    R.main(["--out", str(out)])
+    text = out.read_text()
+    assert "| UNet forward | fake UNet | 10.00 | 5.00 | 2.00x | 0.050 | host RSS 1.00 GiB (process) |" in text
+    assert "diffseg failed (exit status 3)" in text and "train_step skipped: needs --sd15" in text
