@@ -60,6 +60,7 @@ from diffseg_jax.datasets import IGNORE_INDEX, PUBLISHED_MIOU, SegFolder, make_d
 from diffseg_jax.pipeline import DiffSegmenter
 from diffseg_jax.prompts import ClassPrompts
 from iedp_jax import parallel
+from iedp_jax.distributed import Synchronized
 from iedp_jax.metrics import confusion_matrix, segmentation_metrics
 
 Params = dict[str, Any]
@@ -252,9 +253,9 @@ class EvalFns:
             return (jnp.full((b,) + self.canvas_hw, -jnp.inf, jnp.float32),
                     jnp.zeros((b,) + self.canvas_hw, jnp.int32))
 
-        self.latents = jax.jit(latents, out_shardings=batch_sh)
-        self.chunk = jax.jit(chunk, donate_argnums=(8, 9), out_shardings=(batch_sh, batch_sh))
-        self.finish = jax.jit(finish, out_shardings=repl)
+        self.latents = Synchronized(jax.jit(latents, out_shardings=batch_sh), "latents")
+        self.chunk = Synchronized(jax.jit(chunk, donate_argnums=(8, 9), out_shardings=(batch_sh, batch_sh)), "chunk")
+        self.finish = Synchronized(jax.jit(finish, out_shardings=repl), "finish")
         self.init = jax.jit(init, static_argnums=0, out_shardings=(batch_sh, batch_sh))
 
     def class_maps(self, params: Params, lat: jax.Array, ids: jax.Array, tw: jax.Array, pos: jax.Array,

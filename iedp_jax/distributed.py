@@ -73,9 +73,49 @@ def initialize(env: Mapping[str, str] | None = None) -> bool:
     return True
 
 
-def barrier(name: str) -> None:
-    """Waits until every process reaches ``name`` (no-op for one process)."""
-    if jax.process_count() > 1:
+_barriers: dict[str, int] = {}
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Waits until every process reaches ``name`` (no-op for one process).
+
+    Uses the coordination service's key-value barrier, not a device collective: it has its own
+    (long) timeout, while a collective's first use times out after seconds on CPU (gloo), e.g.
+    when one process compiles a step more slowly than another.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as _dist  # noqa: PLC0415 - the runtime's client
+
+    client = _dist.global_state.client
+    if client is None:  # initialised outside this module without a client: fall back
         from jax.experimental import multihost_utils  # noqa: PLC0415
 
         multihost_utils.sync_global_devices(name)
+        return
+    n = _barriers[name] = _barriers.get(name, 0) + 1  # barrier ids must be unique per use
+    client.wait_at_barrier(f"iedp:{name}:{n}", timeout_in_ms=timeout_s * 1000)
+
+
+class Synchronized:
+    """A jitted function whose every new compilation ends at a barrier, so that all processes
+    start the program (and its first collectives) together. Plain call for one process."""
+
+    def __init__(self, jitted, name: str) -> None:
+        self.jitted, self.name = jitted, name
+        self._compiled: dict = {}
+
+    def __call__(self, *args):
+        if jax.process_count() == 1:
+            return self.jitted(*args)
+        key = jax.tree.structure(args), tuple(
+            (getattr(x, "shape", None), str(getattr(x, "dtype", type(x))), getattr(x, "sharding", None))
+            for x in jax.tree.leaves(args))
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = self.jitted.lower(*args).compile()
+            barrier(f"compiled {self.name} #{len(self._compiled)}")
+        return compiled(*args)
+
+    def _cache_size(self) -> int:
+        return len(self._compiled) if jax.process_count() > 1 else self.jitted._cache_size()  # noqa: SLF001

@@ -36,6 +36,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from iedp_jax import parallel
+from iedp_jax.distributed import Synchronized
 from iedp_jax.losses import resize_bilinear
 from iedp_jax.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
 from iedp_jax.model import DEPTH, IEDP, SEG
@@ -69,7 +70,7 @@ def evaluate(model: IEDP, params: PyTree, frozen: PyTree, dataset, mesh, cfg: Co
         return jax.tree.map(jnp.add, acc, sums)
 
     acc = jax.device_put(zero_metrics(c.num_classes if seg else None), repl)
-    jstep = jax.jit(step, out_shardings=repl, donate_argnums=(0,))
+    jstep = Synchronized(jax.jit(step, out_shardings=repl, donate_argnums=(0,)), "eval step")
 
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -366,9 +367,9 @@ def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset, mesh, cfg
         sums = depth_metric_sums(pred, depth, min_depth, max_depth, mask)
         return jax.tree.map(jnp.add, acc, sums), pred
 
-    seg_pass_j = jax.jit(seg_pass, donate_argnums=(0,), out_shardings=batch_sh)
-    seg_finish_j = jax.jit(seg_finish, donate_argnums=(0,), out_shardings=(repl, batch_sh))
-    depth_step_j = jax.jit(depth_step, donate_argnums=(0,), out_shardings=(repl, batch_sh))
+    seg_pass_j = Synchronized(jax.jit(seg_pass, donate_argnums=(0,), out_shardings=batch_sh), "seg pass")
+    seg_finish_j = Synchronized(jax.jit(seg_finish, donate_argnums=(0,), out_shardings=(repl, batch_sh)), "seg finish")
+    depth_step_j = Synchronized(jax.jit(depth_step, donate_argnums=(0,), out_shardings=(repl, batch_sh)), "depth step")
     zeros: dict[tuple[int, ...], Any] = {}
 
     def zeros_like_shape(shape: tuple[int, ...]) -> jax.Array:

@@ -25,6 +25,7 @@ from iedp_jax import parallel
 from iedp_jax.checkpoint import Checkpointer, abstract_like
 from iedp_jax.data.datasets import make_dataset
 from iedp_jax.data.pipeline import next_step, step_state, train_iterator
+from iedp_jax.distributed import Synchronized
 from iedp_jax.evaluate import evaluate
 from iedp_jax.model import IEDP, SEG
 from iedp_jax.optim import make_optimizer
@@ -50,8 +51,9 @@ def make_train_step(model: IEDP, tx, mesh, state_sh: PyTree, frozen_sh: PyTree, 
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
     batch_sh = {k: parallel.batch_sharding(mesh) for k in batch_keys}
-    return jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
-                   out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
+    return Synchronized(jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
+                                out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,)),
+                        "train step")
 
 
 def _global_norm(tree: PyTree) -> jax.Array:

@@ -1,5 +1,6 @@
-"""Two local CPU processes (2 devices each) train, checkpoint, resume and evaluate like one
-process with 4 devices: started through launch/local_multiprocess.sh, as users do."""
+"""Two local CPU processes (one device each, the model sharded over both: mesh (1, 2)) train,
+checkpoint, resume and evaluate like one process with the same global batch: started through
+launch/local_multiprocess.sh, as users do."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ import pytest
 
 from iedp_jax import distributed
 from iedp_jax.evaluate import evaluate_checkpoint
+from iedp_jax.train import train
 from tests.test_train import ROOT, params_of, small
 
 LAUNCH = ROOT / "launch" / "local_multiprocess.sh"
 # A short smoke run. Adam's first steps are ~lr * sign(g), which turns rounding-level gradient
 # differences (cross-process reductions sum in another order) into O(lr) ones; a large eps makes
 # the update proportional to the gradient, so the comparison measures the training itself.
-OVERRIDES = {"train.total_steps": 4, "train.ckpt_every": 2, "train.log_every": 1, "train.batch_size": 8,
-             "train.eval_batch_size": 8, "data.val_size": 12, "data.crop_size": (32, 32),
-             "optim.eps": 1.0, "mesh.shape": (2, 2)}
+OVERRIDES = {"train.total_steps": 4, "train.ckpt_every": 2, "train.log_every": 1, "train.batch_size": 4,
+             "train.eval_batch_size": 4, "data.val_size": 6, "data.crop_size": (32, 32),
+             "optim.eps": 1.0, "mesh.shape": (1, 2)}
 
 
 def _flags(**extra) -> list[str]:
@@ -33,7 +35,9 @@ def _flags(**extra) -> list[str]:
 
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IEDP_")}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    # Cheaper XLA:CPU compilation (a 4-step run is compile-bound); numerics are unchanged.
+    fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {fast}",
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(ROOT))
     return env
 
@@ -47,16 +51,14 @@ def _run(cmd: list[str], env: dict[str, str]) -> str:
 def _train(workdir: Path, processes: int, *extra: str) -> str:
     cmd = [sys.executable, "-m", "iedp_jax.train", "--config", "configs/smoke_seg.py", "--workdir", str(workdir),
            *_flags(), *extra]
-    if processes == 1:
-        return _run(cmd, _env(4))
-    return _run(["bash", str(LAUNCH), "-n", str(processes), "-d", "2", "--", *cmd], _env(2))
+    return _run(["bash", str(LAUNCH), "-n", str(processes), "-d", "1", "--", *cmd], _env(1))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
     single, multi = root / "single", root / "multi"
-    _train(single, 1)
+    train(small(**{**OVERRIDES, "mesh.shape": (1, 1)}), single)  # the reference: this process, one device
     first = _train(multi, 2, "--stop_after=2")  # one checkpoint (step 2), then exit
     second = _train(multi, 2)  # resumes at step 2, trains to 4, evaluates
     return single, multi, first, second
@@ -65,7 +67,6 @@ def runs(tmp_path_factory):
 def test_two_processes_train_resume_and_match_one(runs):
     single, multi, first, second = runs
     assert "[p 0]" in first and "[p 1]" in first
-    assert not (multi / "results.json").exists() or "resumed" in second
     assert "resumed from" in second and "at step 2" in second
     # one process wrote the logs: one progress writer, one results file, one metrics line per step
     steps = [json.loads(x)["step"] for x in (multi / "metrics.jsonl").read_text().splitlines()
@@ -74,14 +75,14 @@ def test_two_processes_train_resume_and_match_one(runs):
     # every process saved its own data-iterator state, at the checkpoint's step
     for p in range(2):
         state = json.loads((multi / "checkpoints" / "2" / "data" / f"process_{p}-of-2.json").read_text())
-        assert state["next_index"] == 2 * 4  # 4 rows per process per step
+        assert state["next_index"] == 2 * 2  # 2 rows per process per step
     cfg = small(**OVERRIDES)
     a, b = params_of(single, cfg), params_of(multi, cfg)
     assert int(a["step"]) == int(b["step"]) == 4
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (single, multi))
-    assert ra["num_images"] == rb["num_images"] == 12
+    assert ra["num_images"] == rb["num_images"] == 6
     assert abs(ra["mIoU"] - rb["mIoU"]) < 1e-3 and abs(ra["aAcc"] - rb["aAcc"]) < 1e-3
 
 
@@ -89,14 +90,16 @@ def test_evaluation_over_two_processes_equals_one(runs):
     single = runs[0]
     cmd = [sys.executable, "-m", "iedp_jax.evaluate", "--config", "configs/smoke_seg.py", "--workdir",
            str(single), *_flags(**{"eval.num_visualizations": 2})]
-    _run(["bash", str(LAUNCH), "-n", "2", "-d", "2", "--", *cmd], _env(2))
+    _run(["bash", str(LAUNCH), "-n", "2", "-d", "1", "--", *cmd], _env(1))
     two = json.loads((single / "eval" / "results.json").read_text())
-    one = evaluate_checkpoint(small(**OVERRIDES, **{"mesh.shape": (1, 1), "eval.num_visualizations": 0}),
+    one = evaluate_checkpoint(small(**{**OVERRIDES, "mesh.shape": (1, 1), "eval.num_visualizations": 0}),
                               single)
-    assert two["num_images"] == one["num_images"] == 12 and two["step"] == one["step"] == 4
+    assert two["num_images"] == one["num_images"] == 6 and two["step"] == one["step"] == 4
     for key in ("mIoU", "aAcc", "mAcc"):
         assert abs(two[key] - one[key]) < 1e-6, (key, two[key], one[key])
-    np.testing.assert_allclose(two["IoU"], one["IoU"], atol=1e-6)
+    assert two["IoU"].keys() == one["IoU"].keys()
+    for name, iou in one["IoU"].items():
+        assert (iou is None and two["IoU"][name] is None) or abs(two["IoU"][name] - iou) < 1e-6, name
 
 
 def test_distributed_settings_from_environment():
