@@ -98,16 +98,18 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
 
 
 class Synchronized:
-    """A jitted function whose every new compilation ends at a barrier, so that all processes
-    start the program (and its first collectives) together. Plain call for one process."""
+    """A jitted function compiled ahead of time once per input signature.
+
+    With several processes every new compilation ends at a :func:`barrier`, so all processes
+    start the program (and its first collectives) together. The compiled executables also give
+    XLA's memory analysis (:meth:`memory_analysis`), printed by the trainer after compiling.
+    """
 
     def __init__(self, jitted, name: str) -> None:
         self.jitted, self.name = jitted, name
         self._compiled: dict = {}
 
     def __call__(self, *args):
-        if jax.process_count() == 1:
-            return self.jitted(*args)
         key = jax.tree.structure(args), tuple(
             (getattr(x, "shape", None), str(getattr(x, "dtype", type(x))), getattr(x, "sharding", None))
             for x in jax.tree.leaves(args))
@@ -118,4 +120,15 @@ class Synchronized:
         return compiled(*args)
 
     def _cache_size(self) -> int:
-        return len(self._compiled) if jax.process_count() > 1 else self.jitted._cache_size()  # noqa: SLF001
+        """How many signatures were compiled (1 for a step that never recompiles)."""
+        return len(self._compiled)
+
+    def memory_analysis(self) -> object | None:
+        """XLA's memory analysis of the first compiled signature (None before any call or when
+        the backend gives none)."""
+        if not self._compiled:
+            return None
+        try:
+            return next(iter(self._compiled.values())).memory_analysis()
+        except (NotImplementedError, RuntimeError):
+            return None

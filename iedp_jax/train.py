@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from iedp_jax import parallel
+from iedp_jax import memory_plan, parallel
 from iedp_jax.checkpoint import Checkpointer, abstract_like
 from iedp_jax.data.datasets import make_dataset
 from iedp_jax.data.pipeline import next_step, step_state, train_iterator
@@ -132,6 +132,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     Returns:
       The evaluation results (empty when stopped early).
     """
+    if "://" in str(workdir):
+        raise ValueError(f"--workdir={workdir} is a URL: the workdir must be a folder every process can write "
+                         "(on TPU pods mount the bucket with gcsfuse, as launch/tpu_pod.sh does).")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config
@@ -139,6 +142,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     t = build_trainer(cfg, workdir)
     dataset, model, mesh, frozen, state, step_fn = t.dataset, t.model, t.mesh, t.frozen, t.state, t.step_fn
 
+    log_line(memory_plan.describe(memory_plan.plan(state, frozen), mesh.shape))
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every, cfg.train.keep_checkpoints)
     rows = parallel.process_rows(cfg.train.batch_size)
     threads = int(cfg.data.num_workers)
@@ -186,6 +190,10 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     for step in range(start, end):
         batch = parallel.global_batch(mesh, next(batches))
         state, metrics = step_fn(state, frozen, batch)
+        if step == start:
+            compiled = memory_plan.describe_compiled(step_fn.memory_analysis())
+            if compiled:
+                log_line(compiled)
         if pending is not None:
             finish(*pending)
         pending = (step + 1, metrics)

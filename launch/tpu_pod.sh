@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # IEDP training on a Cloud TPU VM slice (single- or multi-host): create the slice if it does
-# not exist, put the code on every worker, install, and start iedp_jax.train on all workers at
-# once. On TPU, jax.distributed.initialize() finds the other hosts by itself.
+# not exist, put the code on every worker, install, mount the run's bucket with gcsfuse on
+# every worker, and start iedp_jax.train on all workers at once. On TPU,
+# jax.distributed.initialize() finds the other hosts by itself.
 #
 #   TPU_NAME=iedp-v4 ZONE=us-central2-b PROJECT=my-project ACCELERATOR_TYPE=v4-32 \
-#   WORKDIR=gs://my-bucket/runs/ade launch/tpu_pod.sh [--config.a.b=value ...]
+#   BUCKET=gs://my-bucket RUN_NAME=ade launch/tpu_pod.sh [--config.a.b=value ...]
+#
+# The training writes its workdir with local file calls, so a gs:// URL cannot be the workdir:
+# the bucket is mounted with gcsfuse at MOUNT_POINT on every worker and the run writes to
+# MOUNT_POINT/RUN_NAME.
 #
 # Required: TPU_NAME, ZONE, PROJECT, ACCELERATOR_TYPE (v4-32, v5litepod-16, v5p-64, ...),
-#           WORKDIR (a gs:// path: every worker writes there; or, with SHARED_WORKDIR=1, a
-#           folder mounted on every worker, e.g. by gcsfuse or Filestore).
-# Optional: RUNTIME_VERSION  TPU software version (default from ACCELERATOR_TYPE: v4 and older
+#           BUCKET           Cloud Storage bucket for checkpoints and logs: gs://my-bucket or
+#                            my-bucket (gs://my-bucket/some/dir mounts only that folder)
+#           or SHARED_WORKDIR  instead of BUCKET: an absolute folder already mounted on every
+#                            worker (Filestore, NFS); the run writes to SHARED_WORKDIR/RUN_NAME
+# Optional: RUN_NAME         the run's folder name (default iedp_YYYYmmdd_HHMMSS, printed);
+#                            the same RUN_NAME again resumes the run
+#           MOUNT_POINT      where BUCKET is mounted on the workers, default /mnt/iedp
+#           RUNTIME_VERSION  TPU software version (default from ACCELERATOR_TYPE: v4 and older
 #                            tpu-ubuntu2204-base, v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5,
 #                            v6e v2-alpha-tpuv6e)
 #           CONFIG           config file inside the repository, default configs/ade.py
@@ -19,7 +29,8 @@
 #                            non-ignored files) is copied with `gcloud ... scp --recurse`
 #           REMOTE_DIR       code folder on the workers, relative to $HOME, default iedp-jax
 #           PYTHON_VERSION   Python for the workers' virtual environment (uv), default 3.12
-#           SKIP_SETUP=1     skip copy and install (code already in place)
+#           SKIP_SETUP=1     skip copy and install (code already in place; the bucket is
+#                            still mounted where it is not yet)
 #           SPOT=1           create the slice as Spot VMs
 #           DETACH=1         start training under nohup (log: ~/iedp-train.log on each worker)
 #                            and return, instead of streaming the output over ssh
@@ -37,10 +48,40 @@ require TPU_NAME "the name of the TPU VM slice to create or reuse"
 require ZONE "the zone of the slice, e.g. us-central2-b"
 require PROJECT "the Google Cloud project id"
 require ACCELERATOR_TYPE "the slice type, e.g. v4-32, v5litepod-16 or v5p-64"
-require WORKDIR "a gs://bucket/path that every worker writes checkpoints and logs to"
-if [[ $WORKDIR != gs://* && ${SHARED_WORKDIR:-0} != 1 ]]; then
-  die "WORKDIR must be a gs:// path that all workers share (or set SHARED_WORKDIR=1 for a folder mounted on every worker), got '$WORKDIR'."
+
+# Where the run writes: $MOUNT_POINT/$RUN_NAME (BUCKET mounted with gcsfuse) or
+# $SHARED_WORKDIR/$RUN_NAME.
+if [[ -n ${WORKDIR:-} ]]; then
+  if [[ $WORKDIR == *://* ]]; then
+    url_bucket=${WORKDIR#*://}
+    die "WORKDIR=$WORKDIR cannot be used because iedp_jax.train writes its workdir with local file calls: set BUCKET=gs://${url_bucket%%/*} to mount the bucket with gcsfuse on every worker (the run then writes to MOUNT_POINT/RUN_NAME, default /mnt/iedp/iedp_<date>), or SHARED_WORKDIR to a folder already mounted on every worker."
+  fi
+  die "WORKDIR is not used: set SHARED_WORKDIR=$WORKDIR if that folder is mounted on every worker (the run then writes to SHARED_WORKDIR/RUN_NAME), or BUCKET to mount a Cloud Storage bucket with gcsfuse instead."
 fi
+if [[ -n ${SHARED_WORKDIR:-} ]]; then
+  [[ -z ${BUCKET:-} ]] || die "set either BUCKET (mounted with gcsfuse) or SHARED_WORKDIR (already mounted), not both."
+  [[ $SHARED_WORKDIR == /* ]] \
+    || die "SHARED_WORKDIR must be an absolute path of a folder mounted on every worker (e.g. /mnt/filestore/runs), got '$SHARED_WORKDIR'."
+  base=$SHARED_WORKDIR
+else
+  require BUCKET "the Cloud Storage bucket that every worker mounts with gcsfuse for checkpoints and logs, e.g. gs://my-bucket; or set SHARED_WORKDIR to a folder already mounted on every worker"
+  bucket=${BUCKET#gs://}
+  bucket=${bucket%/}
+  bucket_name=${bucket%%/*}
+  only_dir=
+  if [[ $bucket == */* ]]; then only_dir=${bucket#*/}; fi
+  [[ $bucket_name =~ ^[a-z0-9][a-z0-9._-]+[a-z0-9]$ ]] \
+    || die "BUCKET must be gs://BUCKET_NAME[/FOLDER] or BUCKET_NAME, got '$BUCKET'."
+  MOUNT_POINT=${MOUNT_POINT:-/mnt/iedp}
+  [[ $MOUNT_POINT == /* ]] || die "MOUNT_POINT must be an absolute path, got '$MOUNT_POINT'."
+  base=$MOUNT_POINT
+fi
+while [[ $base == */ && $base != / ]]; do base=${base%/}; done
+RUN_NAME=${RUN_NAME:-iedp_$(date +%Y%m%d_%H%M%S)}
+[[ $RUN_NAME =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*$ ]] \
+  || die "RUN_NAME must be one folder name of letters, digits, '.', '_' and '-', got '$RUN_NAME'."
+workdir=${base%/}/$RUN_NAME
+echo "$prog: run $RUN_NAME, workdir $workdir on every worker (RUN_NAME=$RUN_NAME resumes it)." >&2
 
 if [[ -z ${RUNTIME_VERSION:-} ]]; then
   case $ACCELERATOR_TYPE in
@@ -138,12 +179,36 @@ if [[ ${SKIP_SETUP:-0} != 1 ]]; then
   on_all_workers "$install"
 fi
 
-# 4. Train on all workers at once.
-train="$venv/bin/python $(printf '%q ' -m iedp_jax.train --config "$CONFIG" --workdir "$WORKDIR" \
+# 4. Mount the bucket on every worker (not yet mounted: install gcsfuse from Google's apt
+# repository if missing, then mount). --rename-dir-limit lets orbax rename each finished
+# checkpoint's temporary folder, which gcsfuse refuses by default.
+q_base=$(printf '%q' "$base")
+if [[ -n ${bucket_name:-} ]]; then
+  gcsfuse_args="--implicit-dirs --rename-dir-limit=200000"
+  if [[ -n $only_dir ]]; then gcsfuse_args+=" --only-dir $(printf '%q' "$only_dir")"; fi
+  apt_list="deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main"
+  mount="set -eo pipefail; if ! mountpoint -q $q_base; then"
+  mount+=" if ! command -v gcsfuse > /dev/null; then"
+  mount+=" echo \"$apt_list\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list > /dev/null;"
+  mount+=" curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc > /dev/null;"
+  mount+=" sudo apt-get -o DPkg::Lock::Timeout=300 update -qq;"
+  mount+=" sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq gcsfuse; fi;"
+  mount+=" sudo mkdir -p $q_base; sudo chown \"\$(id -u):\$(id -g)\" $q_base;"
+  mount+=" gcsfuse $gcsfuse_args $(printf '%q' "$bucket_name") $q_base; fi"
+  on_all_workers "$mount"
+fi
+
+# 5. Train on all workers at once.
+if [[ -n ${bucket_name:-} ]]; then
+  check="mountpoint -q $q_base || { echo \"$prog: $q_base is not mounted on \$(hostname)\" >&2; exit 1; }"
+else
+  check="[ -d $q_base ] || { echo \"$prog: $q_base is not a folder on \$(hostname)\" >&2; exit 1; }"
+fi
+train="$venv/bin/python $(printf '%q ' -m iedp_jax.train --config "$CONFIG" --workdir "$workdir" \
   ${extra_args[@]+"${extra_args[@]}"})"
 if [[ ${DETACH:-0} == 1 ]]; then
-  on_all_workers "cd $q_dir && nohup $train > \$HOME/iedp-train.log 2>&1 < /dev/null &"
+  on_all_workers "$check; cd $q_dir && nohup $train > \$HOME/iedp-train.log 2>&1 < /dev/null &"
   echo "$prog: started; follow with: gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --project=$PROJECT --worker=0 --command='tail -f ~/iedp-train.log'" >&2
 else
-  on_all_workers "cd $q_dir && $train"
+  on_all_workers "$check; cd $q_dir && $train"
 fi

@@ -115,3 +115,27 @@ def test_distributed_settings_from_environment():
     assert distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "t-0,t-1,t-2,t-3"})
     assert not distributed.cluster_detected({"TPU_WORKER_HOSTNAMES": "localhost"})
     assert distributed.initialize({}) is False  # one process: nothing started
+
+
+def test_memory_plan_counts_shards():
+    """fsdp=4 splits a [1024, 8] float32 leaf four ways; small leaves stay whole on every device."""
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from iedp_jax import memory_plan
+
+    mesh = jax.make_mesh((1, 1), ("data", "fsdp"))
+    big = jax.ShapeDtypeStruct((1024, 8), jnp.float32)
+    assert memory_plan.per_device_bytes([big], [NamedSharding(mesh, P())]) == 1024 * 8 * 4
+
+    class Quarter:  # a stand-in for a 4-way fsdp sharding on a 1-device machine
+        def shard_shape(self, shape):
+            return (shape[0] // 4,) + tuple(shape[1:])
+
+    assert memory_plan.per_device_bytes([big, jax.ShapeDtypeStruct((3,), jnp.bfloat16)],
+                                        [Quarter(), NamedSharding(mesh, P())]) == 256 * 8 * 4 + 3 * 2
+    state = {"params": {"w": jnp.zeros((1024, 8))}, "opt_state": ({"mu": jnp.zeros((1024, 8)), "nu": jnp.zeros((1024, 8))},)}
+    p = memory_plan.plan(state, {"vae": jnp.zeros((10,), jnp.bfloat16)})
+    assert p["params"] == p["params_full"] == 32768 / memory_plan.GIB
+    assert p["optimizer"] == 2 * 32768 / memory_plan.GIB and p["frozen"] == 20 / memory_plan.GIB
+    assert "params 0.000 GiB" in memory_plan.describe(p, {"data": 1, "fsdp": 1})
