@@ -37,7 +37,7 @@ def main() -> None:
     rows = parallel.process_rows(cfg.train.batch_size)
     batches = [parallel.global_batch(t.mesh, t.dataset.train_batch(s, cfg.train.batch_size, rows))
                for s in range(2)]
-    compiled = t.step_fn.lower(t.state, t.frozen, batches[0]).compile()
+    compiled = t.step_fn.jitted.lower(t.state, t.frozen, batches[0]).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float((cost or {}).get("flops", 0.0))
