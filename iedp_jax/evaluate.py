@@ -473,7 +473,7 @@ def restore_state(directory: str | os.PathLike, step: int, abstract_state: PyTre
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # orbax warns "Given directory is read only" on every read
     try:
-        manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
+        manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data", "meta"))
     finally:
         logging.set_verbosity(verbosity)
     try:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from iedp_jax import parallel
 from iedp_jax.checkpoint import Checkpointer
+from iedp_jax.data.pipeline import train_iterator
 from iedp_jax.config_defaults import base_config
 from iedp_jax.data import transforms as T
 from iedp_jax.data.folders import ADE20KSource, NYUv2Source
@@ -179,7 +180,9 @@ def smoke_workdir(tmp_path_factory):
     t = build_trainer(cfg, workdir, parallel.make_mesh((1, 1), jax.devices()[:1]))
     state = dict(t.state, step=jnp.asarray(7, jnp.int32))
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every, cfg.train.keep_checkpoints)
-    ckpt.save(7, state, t.dataset.state(7), force=True)
+    batches = train_iterator(t.dataset, cfg.train.batch_size, slice(None), num_steps=8, start_step=7,
+                             num_threads=0)
+    ckpt.save(7, state, batches, t.dataset.state(7), force=True)
     ckpt.close()
     return workdir
 

@@ -163,10 +163,12 @@ def test_ade_val_batches_padding_and_reduce_zero_label(ade_dir):
 def test_ade_accepts_inner_folder_and_split_sizes(ade_dir):
     src = ADE20KSource(ade_dir / "ADEChallengeData2016", CROP, img_scale=(160, 40), split_sizes=(3, None))
     assert src.num_train == 3 and src.num_val == 3
-    assert src.state(7) == {"next_step": 7, "seed": 0}
-    src.restore({"next_step": 7, "seed": 0})
+    assert src.state(7) == {"next_step": 7, "seed": 0, "num_train": 3}
+    src.restore({"next_step": 7, "seed": 0, "num_train": 3})
     with pytest.raises(ValueError, match="seed"):
         src.restore({"next_step": 7, "seed": 5})
+    with pytest.raises(ValueError, match="written for 5 training examples, this dataset has 3"):
+        src.restore({"next_step": 7, "seed": 0, "num_train": 5})
 
 
 def test_ade_errors(tmp_path, ade_dir):
