@@ -276,30 +276,37 @@ def _voc_like(data_dir, year: str, label_dirs: Sequence[str], split_dir: str, sp
     return base, pairs, ids
 
 
-class VOC2012(SegFolder):
+class _VOCLike(SegFolder):
+    """A VOCdevkit layout: JPEGImages/, a label folder and an ImageSets split file."""
+
+    year = ""
+    label_dirs: tuple[str, ...] = ()
+    split_dir = ""
+    what = ""
+
+    def __init__(self, data_dir: str | os.PathLike, split: str = "val") -> None:
+        base, pairs, ids = _voc_like(data_dir, self.year, self.label_dirs, self.split_dir, split, self.what)
+        super().__init__(base, pairs, ids)
+
+
+class VOC2012(_VOCLike):
     """PASCAL VOC 2012 segmentation val (1449 images), 21 classes with the background."""
 
     key = "voc"
     class_names = VOC_CLASSES
     substitutions = VOC_SUBSTITUTIONS
-
-    def __init__(self, data_dir: str | os.PathLike, split: str = "val") -> None:
-        base, pairs, ids = _voc_like(data_dir, "2012", ("SegmentationClassAug", "SegmentationClass"),
-                                     "Segmentation", split, "PASCAL VOC 2012")
-        super().__init__(base, pairs, ids)
+    year, label_dirs, split_dir, what = "2012", ("SegmentationClassAug", "SegmentationClass"), "Segmentation", \
+        "PASCAL VOC 2012"
 
 
-class PascalContext(SegFolder):
+class PascalContext(_VOCLike):
     """Pascal Context val (5105 images), 60 classes: background + mmseg's 59."""
 
     key = "context"
     class_names = CONTEXT_CLASSES
     substitutions = CONTEXT_SUBSTITUTIONS
-
-    def __init__(self, data_dir: str | os.PathLike, split: str = "val") -> None:
-        base, pairs, ids = _voc_like(data_dir, "2010", ("SegmentationClassContext",), "SegmentationContext",
-                                     split, "Pascal Context")
-        super().__init__(base, pairs, ids)
+    year, label_dirs, split_dir, what = "2010", ("SegmentationClassContext",), "SegmentationContext", \
+        "Pascal Context"
 
 
 class COCOObject(SegFolder):
