@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from ml_collections import ConfigDict
 
 from iedp_jax import memory_plan, parallel
@@ -46,7 +47,7 @@ def make_train_step(model: IEDP, tx, mesh, state_sh: PyTree, frozen_sh: PyTree, 
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state["params"], updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-        metrics = dict(metrics, grad_norm=_global_norm(grads), lr=schedule(state["step"]),
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
                        params_finite=finite.astype(jnp.float32))
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
@@ -54,10 +55,6 @@ def make_train_step(model: IEDP, tx, mesh, state_sh: PyTree, frozen_sh: PyTree, 
     return Synchronized(jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
                                 out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,)),
                         "train step")
-
-
-def _global_norm(tree: PyTree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def init_state(model: IEDP, tx, mesh, unet_params: PyTree, frozen: PyTree, image_hw: tuple[int, int],
