@@ -139,3 +139,22 @@ def test_memory_plan_counts_shards():
     assert p["params"] == p["params_full"] == 32768 / memory_plan.GIB
     assert p["optimizer"] == 2 * 32768 / memory_plan.GIB and p["frozen"] == 20 / memory_plan.GIB
     assert "params 0.000 GiB" in memory_plan.describe(p, {"data": 1, "fsdp": 1})
+
+
+def test_synchronized_compiles_once_per_signature():
+    import jax.numpy as jnp
+
+    calls = []
+
+    def f(x, y):
+        calls.append(1)  # runs only while tracing
+        return x * 2 + y
+
+    fn = distributed.Synchronized(jax.jit(f), "test")
+    assert fn.memory_analysis() is None
+    np.testing.assert_array_equal(fn(jnp.ones(3), 1.0), [3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(fn(jnp.arange(3.0), 2.0), [2.0, 4.0, 6.0])  # new values, same program
+    assert fn._cache_size() == 1 and len(calls) == 1
+    fn(jnp.ones(4), 1.0)
+    assert fn._cache_size() == 2 and len(calls) == 2
+    assert fn.memory_analysis().temp_size_in_bytes >= 0
