@@ -31,7 +31,10 @@ def run(main: Callable[[ConfigDict, str, dict], None], extra_flags: Callable[[],
             raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag.")
         from iedp_jax import distributed  # noqa: PLC0415
 
-        distributed.initialize()  # before anything touches a device
+        try:
+            distributed.initialize()  # before anything touches a device
+        except ValueError as e:  # a malformed IEDP_* setting: one sentence, no traceback
+            raise SystemExit(f"[iedp] {e}") from None
         main(config.value, workdir.value, flags.FLAGS.flag_values_dict())
 
     app.run(_main)
