@@ -43,7 +43,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -544,13 +543,9 @@ def evaluate(config: ConfigDict, workdir: str | os.PathLike | None = None, mesh=
 
 
 def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
-    """The ``python -m diffseg_jax.evaluate`` entry: a wrong folder or config value is one line."""
-    from iedp_jax.sd.weights import WeightsError  # noqa: PLC0415
-
-    try:
-        r = evaluate(config, workdir)
-    except (FileNotFoundError, WeightsError, ValueError) as e:
-        sys.exit(f"[diffseg] {e}")
+    """The ``python -m diffseg_jax.evaluate`` entry: a wrong folder or config value is one line
+    (:func:`iedp_jax.cli.run`)."""
+    r = evaluate(config, workdir)
     if jax.process_index() == 0:
         extra = ""
         if "threshold_sweep" in r:
@@ -565,4 +560,4 @@ def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
 if __name__ == "__main__":
     from iedp_jax.cli import run
 
-    run(main)
+    run(main, prefix="diffseg")

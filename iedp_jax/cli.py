@@ -1,16 +1,27 @@
 """Shared command-line plumbing: ``--config`` (ml_collections, with ``--config.a.b=v`` overrides)
-and ``--workdir``, and the multi-process start-up (:mod:`iedp_jax.distributed`). Flags are
-defined only when an entry point runs, never on import."""
+and ``--workdir``, the multi-process start-up (:mod:`iedp_jax.distributed`), and user errors
+(a wrong folder, config value or environment variable, a diverged run) printed as their one
+sentence instead of a traceback (``IEDP_TRACEBACK=1`` shows it). Flags are defined only when an
+entry point runs, never on import."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from ml_collections import ConfigDict
 
 
-def run(main: Callable[[ConfigDict, str, dict], None], extra_flags: Callable[[], None] | None = None) -> None:
-    """Parses the flags and calls ``main(config, workdir, other_flag_values)``."""
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is the whole story for a user: our entry points raise them with
+    one sentence that says what to do."""
+    return FileNotFoundError, NotADirectoryError, ValueError, FloatingPointError  # WeightsError is a ValueError
+
+
+def run(main: Callable[[ConfigDict, str, dict], None], extra_flags: Callable[[], None] | None = None,
+        prefix: str = "iedp") -> None:
+    """Parses the flags and calls ``main(config, workdir, other_flag_values)``; a user error
+    (:func:`user_errors`) exits with status 1 and ``[prefix] <its sentence>``."""
     from absl import app, flags  # noqa: PLC0415
     from ml_collections import config_flags  # noqa: PLC0415
 
@@ -33,8 +44,10 @@ def run(main: Callable[[ConfigDict, str, dict], None], extra_flags: Callable[[],
 
         try:
             distributed.initialize()  # before anything touches a device
-        except ValueError as e:  # a malformed IEDP_* setting: one sentence, no traceback
-            raise SystemExit(f"[iedp] {e}") from None
-        main(config.value, workdir.value, flags.FLAGS.flag_values_dict())
+            main(config.value, workdir.value, flags.FLAGS.flag_values_dict())
+        except user_errors() as e:
+            if os.environ.get("IEDP_TRACEBACK") == "1":
+                raise
+            raise SystemExit(f"[{prefix}] {e}") from None
 
     app.run(_main)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from iedp_jax import parallel
+from iedp_jax.data.pipeline import config_threads
 from iedp_jax.distributed import Synchronized
 from iedp_jax.losses import resize_bilinear
 from iedp_jax.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
@@ -379,7 +379,7 @@ def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset, mesh, cfg
 
     acc = jax.device_put(zero_metrics(c.num_classes if seg else None), repl)
 
-    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="iedp-eval")
+    pool = ThreadPoolExecutor(max(1, config_threads(cfg.data.get("num_workers", -1))), thread_name_prefix="iedp-eval")
     total = sum(-(-len(g.indices) // batch_size) for g in groups)
     bar = tqdm(total=total, desc=f"eval ({protocol.mode})", unit="batch", dynamic_ncols=True,
                disable=jax.process_index() != 0)
@@ -461,10 +461,14 @@ def resolve_checkpoint(workdir: str | os.PathLike, checkpoint: str | os.PathLike
     return default, steps[-1]
 
 
-def restore_state(directory: str | os.PathLike, step: int, abstract_state: PyTree) -> PyTree:
-    """The train state of ``step`` with the shardings of ``abstract_state``, read through a
-    read-only orbax manager: unlike :class:`~iedp_jax.checkpoint.Checkpointer` it never cleans
-    temporary folders, so it is safe next to a run that is still saving into the folder."""
+def restore_params(directory: str | os.PathLike, step: int, abstract_params: PyTree) -> tuple[PyTree, int]:
+    """The trained parameters of ``step`` (born with the shardings of ``abstract_params``) and
+    the step counter, read through a read-only orbax manager.
+
+    Only ``params`` and ``step`` are read (orbax partial restore): the AdamW moments, twice the
+    parameters' size, never reach a device. Unlike :class:`~iedp_jax.checkpoint.Checkpointer`
+    the manager never cleans temporary folders, so it is safe next to a run still saving there.
+    """
     import orbax.checkpoint as ocp  # noqa: PLC0415
     from absl import logging  # noqa: PLC0415
 
@@ -476,18 +480,22 @@ def restore_state(directory: str | os.PathLike, step: int, abstract_state: PyTre
         manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data", "meta"))
     finally:
         logging.set_verbosity(verbosity)
+    mesh = jax.tree.leaves(abstract_params)[0].sharding.mesh
+    target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh)),
+              "params": abstract_params}
     try:
-        out = manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        out = manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
     finally:
         manager.close()
-    return out["state"]
+    return out["state"]["params"], int(jax.device_get(out["state"]["step"]))
 
 
 def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
                         checkpoint: str | os.PathLike | None = None, mesh=None) -> dict:
-    """Restores a checkpoint of ``workdir`` into the trainer's state and scores it with the
-    protocol of ``config.eval``; writes ``workdir/eval/results.json`` (and
-    ``results_<mode>.json``) and prediction PNGs under ``workdir/eval/images``.
+    """Restores the parameters of a checkpoint of ``workdir`` and scores them with the protocol
+    of ``config.eval``; writes ``workdir/eval/results.json`` (and ``results_<mode>.json``) and
+    prediction PNGs under ``workdir/eval/images``.
 
     Args:
       config: the training config (``configs/*.py`` with overrides); ``config.eval`` picks the
@@ -500,41 +508,41 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
     Returns:
       The metrics, with ``step``, ``checkpoint``, ``mode``, ``protocol`` and ``num_images``.
     """
-    from iedp_jax.builder import log_line  # noqa: PLC0415
-    from iedp_jax.checkpoint import abstract_like  # noqa: PLC0415
-    from iedp_jax.train import build_trainer  # noqa: PLC0415 - train imports this module
+    from iedp_jax.builder import build_model, log_line  # noqa: PLC0415
+    from iedp_jax.data.datasets import make_dataset  # noqa: PLC0415
+    from iedp_jax.train import abstract_params  # noqa: PLC0415 - train imports this module
 
     workdir = Path(workdir)
     directory, step = resolve_checkpoint(workdir, checkpoint)
     # fail on a bad eval section before loading any weight (the dataset decides the task later)
     protocol_from_config(config, DEPTH if config.data.name in ("nyu", "synthetic_depth") else SEG)
-    t = build_trainer(config, workdir, mesh)
-    abstract = abstract_like(t.state)
-    for leaf in jax.tree.leaves(t.state):  # the fresh state is replaced: free it first
-        leaf.delete()
-    t.state = None
+    mesh = mesh or parallel.make_mesh(tuple(config.mesh.shape))
+    dataset = make_dataset(config.data, seed=config.seed)
+    model, unet_params, frozen = build_model(config, dataset, workdir)
+    abstract = abstract_params(model, unet_params, frozen, tuple(config.data.crop_size), config.seed)
+    del unet_params  # the checkpoint's UNet replaces the pretrained one
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract,
+                            parallel.tree_shardings(mesh, abstract))
+    frozen = parallel.put(frozen, parallel.tree_shardings(mesh, frozen))
     log_line(f"restoring step {step} from {directory}")
-    state = restore_state(directory, step, abstract)
+    params, trained_steps = restore_params(directory, step, abstract)
     out_dir = workdir / "eval"
-    results = run_protocol(t.model, state["params"], t.frozen, t.dataset, t.mesh, config, out_dir=out_dir)
-    results = {"step": int(jax.device_get(state["step"])), "checkpoint": str(directory / str(step)), **results}
+    results = run_protocol(model, params, frozen, dataset, mesh, config, out_dir=out_dir)
+    results = {"step": trained_steps, "checkpoint": str(directory / str(step)), **results}
     if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(results, indent=2)
         (out_dir / "results.json").write_text(text)
         (out_dir / f"results_{results['mode']}.json").write_text(text)
-    headline = ("mIoU", "aAcc") if t.model.config.task == SEG else ("rmse", "abs_rel", "delta1")
+    headline = ("mIoU", "aAcc") if model.config.task == SEG else ("rmse", "abs_rel", "delta1")
     log_line(f"{results['mode']} ({results['num_images']} images, step {results['step']}): "
              + ", ".join(f"{k}={results[k]:.4f}" for k in headline) + f" -> {out_dir / 'results.json'}")
     return results
 
 
 def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
-    """The ``python -m iedp_jax.evaluate`` entry: a missing checkpoint is one line, no traceback."""
-    try:
-        evaluate_checkpoint(config, workdir, flag_values.get("checkpoint") or None)
-    except FileNotFoundError as e:
-        sys.exit(f"[iedp] {e}")
+    """The ``python -m iedp_jax.evaluate`` entry (errors are one line: :func:`iedp_jax.cli.run`)."""
+    evaluate_checkpoint(config, workdir, flag_values.get("checkpoint") or None)
 
 
 def _define_flags() -> None:

@@ -25,7 +25,7 @@ from ml_collections import ConfigDict
 from iedp_jax import memory_plan, parallel
 from iedp_jax.checkpoint import Checkpointer, abstract_like
 from iedp_jax.data.datasets import make_dataset
-from iedp_jax.data.pipeline import next_step, step_state, train_iterator
+from iedp_jax.data.pipeline import config_threads, next_step, step_state, train_iterator
 from iedp_jax.distributed import Synchronized
 from iedp_jax.evaluate import evaluate
 from iedp_jax.model import IEDP, SEG
@@ -101,15 +101,24 @@ class Trainer:
     schedule: Any
 
 
+def abstract_params(model: IEDP, unet_params: PyTree, frozen: PyTree, image_hw: tuple[int, int],
+                    seed: int) -> PyTree:
+    """``ShapeDtypeStruct``s of the trained parameters (``unet`` + heads), computed without
+    materializing the heads (``jax.eval_shape``)."""
+    heads = jax.eval_shape(lambda u, f: model.init_head_params(jax.random.PRNGKey(seed + 1), image_hw, u, f),
+                           unet_params, frozen)
+    unet = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), unet_params)
+    return {"unet": unet, **heads}
+
+
 def build_trainer(cfg: ConfigDict, workdir: Path, mesh=None) -> Trainer:
     """Loads data and weights, creates the sharded state and compiles nothing yet."""
     mesh = mesh or parallel.make_mesh(tuple(cfg.mesh.shape))
     dataset = make_dataset(cfg.data, seed=cfg.seed)
     model, unet_params, frozen = build_model(cfg, dataset, workdir)
     image_hw = tuple(cfg.data.crop_size)
-    heads = jax.eval_shape(lambda u, f: model.init_head_params(jax.random.PRNGKey(cfg.seed + 1), image_hw, u, f),
-                           unet_params, frozen)
-    tx, schedule = make_optimizer(cfg.optim, {"unet": unet_params, **heads}, int(cfg.train.total_steps))
+    tx, schedule = make_optimizer(cfg.optim, abstract_params(model, unet_params, frozen, image_hw, cfg.seed),
+                                  int(cfg.train.total_steps))
     frozen = parallel.put(frozen, parallel.tree_shardings(mesh, frozen))
     state, state_sh = init_state(model, tx, mesh, unet_params, frozen, image_hw, cfg.seed)
     step_fn = make_train_step(model, tx, mesh, state_sh, jax.tree.map(lambda x: x.sharding, frozen),
@@ -142,9 +151,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     log_line(memory_plan.describe(memory_plan.plan(state, frozen), mesh.shape))
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every, cfg.train.keep_checkpoints)
     rows = parallel.process_rows(cfg.train.batch_size)
-    threads = int(cfg.data.num_workers)
     batches = train_iterator(dataset, cfg.train.batch_size, rows, total,
-                             num_threads=None if threads < 0 else threads)
+                             num_threads=config_threads(cfg.data.num_workers))
     start = 0
     latest = ckpt.latest_step()
     if latest is not None:

@@ -54,10 +54,14 @@ def params_of(workdir: Path, cfg) -> dict:
 
 
 def test_smoke_seg_learns(tmp_path):
-    """The README's first command reaches mIoU >= 0.9 on its own validation split."""
-    cfg = load_config("smoke_seg")
+    """The README's first command learns: a third of its schedule (400 of 1200 steps) lifts the
+    validation mIoU from about 0.16 (untrained) to 0.80 (measured; the full run reaches 0.91).
+    ``IEDP_FULL_SMOKE=1`` runs the README's whole command and checks its mIoU >= 0.9 instead."""
+    full = os.environ.get("IEDP_FULL_SMOKE") == "1"
+    cfg = load_config("smoke_seg") if full else load_config(
+        "smoke_seg", **{"train.total_steps": 400, "train.ckpt_every": 200})
     results = train(cfg, tmp_path)
-    assert results["mIoU"] >= 0.9, results
+    assert results["mIoU"] >= (0.9 if full else 0.7), results
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["mIoU"] == results["mIoU"] and len(saved["IoU"]) == cfg.data.num_classes
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -162,7 +166,9 @@ print(json.dumps({"loss_one": l1, "loss_mesh": l2, "grad_one": g1, "grad_mesh": 
 
 
 def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    # Cheaper XLA:CPU compilation (two steps are compile-bound); both meshes get the same flags.
+    fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {fast}", JAX_PLATFORMS="cpu")
     res = subprocess.run([sys.executable, "-c", FSDP_SCRIPT, str(tmp_path), str(ROOT)], env=env,
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -196,3 +202,21 @@ def test_smoke_depth_learns(tmp_path):
     results = train(cfg, tmp_path)
     # Predicting the training mean depth everywhere gives an RMSE of 1.50 m on this split.
     assert results["rmse"] < 0.6 and results["delta1"] > 0.8, results
+
+
+@pytest.mark.parametrize("flag, sentence", [
+    ("--workdir=gs://bucket/run", "[iedp] --workdir=gs://bucket/run is a URL: the workdir must be a folder every "
+                                  "process can write (on TPU pods mount the bucket with gcsfuse, as "
+                                  "launch/tpu_pod.sh does)."),
+    ("--config.model.dtype=float64", "[iedp] model.dtype must be one of ['bfloat16', 'float16', 'float32'], "
+                                     "got 'float64'."),
+])
+def test_cli_user_errors_are_one_line(tmp_path, flag, sentence):
+    """A wrong --workdir or config value ends the command with its sentence, not a traceback."""
+    args = [sys.executable, "-m", "iedp_jax.train", "--config", str(ROOT / "configs/smoke_seg.py"),
+            f"--workdir={tmp_path}", flag]
+    res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == sentence, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr

@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - exercised only without the [data] extr
     tfds = None
 
 from iedp_jax.data.folders import ADE20KSource, NYUv2Source
+from iedp_jax.data.pipeline import config_threads
 
 _INSTALL = ('the tfds data format needs tensorflow-datasets and array-record (and tensorflow-cpu to '
             'prepare): pip install -e ".[data]", or set --config.data.format=folders.')
@@ -241,4 +242,5 @@ def make_prepared_dataset(cfg_data, seed: int):
     builder_cls, source_cls = {"ade20k": (IedpAde20k, PreparedADE20KSource),
                                "nyu": (IedpNyuDepthV2, PreparedNYUv2Source)}[cfg_data.name]
     builder = prepare_once(builder_cls, cfg_data.data_dir, cfg_data.tfds_dir or None)
-    return source_cls(builder, tuple(cfg_data.crop_size), seed)
+    return source_cls(builder, tuple(cfg_data.crop_size), seed,
+                      num_workers=config_threads(cfg_data.get("num_workers", -1)))

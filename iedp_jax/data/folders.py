@@ -43,6 +43,7 @@ from PIL import Image
 
 from iedp_jax.data import transforms as T
 from iedp_jax.data.order import EpochOrder
+from iedp_jax.data.pipeline import config_threads, default_threads
 
 # mmseg ADE20KDataset.CLASSES (the SceneParsing 150), in label order 0..149 after
 # reduce_zero_label. mmseg spells class 7 'bed ' with a trailing space; we strip it.
@@ -149,7 +150,7 @@ class _FolderSource(EpochOrder):
         self.seed = int(seed)
         self.num_train, self.num_val = int(num_train), int(num_val)
         self.num_classes = len(self.class_names)
-        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else int(num_workers)
+        self.num_workers = default_threads() if num_workers is None else int(num_workers)
         self._pool: ThreadPoolExecutor | None = None
 
     # -- per-example work (subclasses) ---------------------------------------------------------
@@ -449,8 +450,9 @@ def make_folder_dataset(cfg_data, seed: int):
         return make_prepared_dataset(cfg_data, seed)
     if fmt != "folders":
         raise ValueError(f"data.format={fmt!r} is not known: use 'tfds' or 'folders'.")
+    threads = config_threads(cfg_data.get("num_workers", -1))
     if name == "ade20k":
-        return ADE20KSource(cfg_data.data_dir, tuple(cfg_data.crop_size), seed)
+        return ADE20KSource(cfg_data.data_dir, tuple(cfg_data.crop_size), seed, num_workers=threads)
     if name == "nyu":
-        return NYUv2Source(cfg_data.data_dir, tuple(cfg_data.crop_size), seed)
+        return NYUv2Source(cfg_data.data_dir, tuple(cfg_data.crop_size), seed, num_workers=threads)
     raise ValueError(f"data.name={name!r} is not a folder dataset: use 'ade20k' or 'nyu'.")

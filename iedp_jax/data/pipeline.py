@@ -30,6 +30,14 @@ def default_threads() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
+def config_threads(num_workers: int) -> int:
+    """Threads for ``data.num_workers``: -1 = :func:`default_threads`, 0 = decode inline."""
+    n = int(num_workers)
+    if n < -1:
+        raise ValueError(f"data.num_workers must be -1 (one per core, at most 16), 0 or more, got {n}.")
+    return default_threads() if n == -1 else n
+
+
 def train_iterator(source: TrainSource, batch_size: int, rows: slice, num_steps: int,
                    start_step: int = 0, num_threads: int | None = None,
                    prefetch_batches: int = 2) -> Any:
