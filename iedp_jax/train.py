@@ -47,7 +47,7 @@ def make_train_step(model: IEDP, tx, mesh, state_sh: PyTree, frozen_sh: PyTree, 
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = jax.tree.map(lambda p, u: (p + u).astype(p.dtype), state["params"], updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=schedule(state["step"]),
                        params_finite=finite.astype(jnp.float32))
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 

@@ -1,4 +1,5 @@
-"""Two local CPU processes (one device each, the model sharded over both: mesh (1, 2)) train,
+"""Two local CPU processes (two simulated devices each; mesh (2, 2): the batch split over the
+processes, the model sharded over each process's two devices) train,
 checkpoint, resume and evaluate like one process with the same global batch: started through
 launch/local_multiprocess.sh, as users do."""
 
@@ -25,7 +26,7 @@ LAUNCH = ROOT / "launch" / "local_multiprocess.sh"
 # the update proportional to the gradient, so the comparison measures the training itself.
 OVERRIDES = {"train.total_steps": 4, "train.ckpt_every": 2, "train.log_every": 1, "train.batch_size": 4,
              "train.eval_batch_size": 4, "data.val_size": 6, "data.crop_size": (32, 32),
-             "optim.eps": 1.0, "mesh.shape": (1, 2)}
+             "optim.eps": 1.0, "mesh.shape": (2, 2)}
 
 
 def _flags(**extra) -> list[str]:
@@ -51,7 +52,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> str:
 def _train(workdir: Path, processes: int, *extra: str) -> str:
     cmd = [sys.executable, "-m", "iedp_jax.train", "--config", "configs/smoke_seg.py", "--workdir", str(workdir),
            *_flags(), *extra]
-    return _run(["bash", str(LAUNCH), "-n", str(processes), "-d", "1", "--", *cmd], _env(1))
+    return _run(["bash", str(LAUNCH), "-n", str(processes), "-d", "2", "--", *cmd], _env(2))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_evaluation_over_two_processes_equals_one(runs):
     single = runs[0]
     cmd = [sys.executable, "-m", "iedp_jax.evaluate", "--config", "configs/smoke_seg.py", "--workdir",
            str(single), *_flags(**{"eval.num_visualizations": 2})]
-    _run(["bash", str(LAUNCH), "-n", "2", "-d", "1", "--", *cmd], _env(1))
+    _run(["bash", str(LAUNCH), "-n", "2", "-d", "2", "--", *cmd], _env(2))
     two = json.loads((single / "eval" / "results.json").read_text())
     one = evaluate_checkpoint(small(**{**OVERRIDES, "mesh.shape": (1, 1), "eval.num_visualizations": 0}),
                               single)

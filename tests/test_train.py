@@ -53,6 +53,7 @@ def params_of(workdir: Path, cfg) -> dict:
     return jax.device_get(restored)
 
 
+@pytest.mark.xdist_group("seg_learns")
 def test_smoke_seg_learns(tmp_path):
     """The README's first command learns: a third of its schedule (400 of 1200 steps) lifts the
     validation mIoU from about 0.16 (untrained) to 0.80 (measured; the full run reaches 0.91).
@@ -165,6 +166,7 @@ print(json.dumps({"loss_one": l1, "loss_mesh": l2, "grad_one": g1, "grad_mesh": 
 """
 
 
+@pytest.mark.xdist_group("fsdp")
 def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
     # Cheaper XLA:CPU compilation (two steps are compile-bound); both meshes get the same flags.
     fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -178,6 +180,7 @@ def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
     assert got["param_rel_err"] < 1e-4
 
 
+@pytest.mark.xdist_group("ade_config")
 def test_ade_config_runs_on_a_fake_ade_copy(tmp_path):
     """The real configs/ade.py path (tfds prepared from the folder, grain, VPD transforms, 150
     classes) trains and evaluates."""
@@ -197,6 +200,7 @@ def test_ade_config_runs_on_a_fake_ade_copy(tmp_path):
     assert list((tmp_path / "tfds" / "iedp_ade20k").glob("*/*.array_record-*"))
 
 
+@pytest.mark.xdist_group("depth_learns")
 def test_smoke_depth_learns(tmp_path):
     cfg = load_config("smoke_depth")
     results = train(cfg, tmp_path)
