@@ -20,8 +20,11 @@ Presets:
   20 classes, 512 px, bfloat16. train_step and diffseg are skipped without ``--sd15`` (train_step
   also without ``--clip-vision``): neither script can build SD 1.5 from random weights.
   diffseg.py's PyTorch reference runs only in float32 and on the CPU, so the gpu preset passes
-  ``--no-torch`` to it. Children get ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless set) so that
-  unet.py's PyTorch reference, in the same process as JAX, finds free GPU memory.
+  ``--no-torch`` to it. train_step.py's PyTorch reference (benchmarks/torch_train_step.py: the
+  same IEDP step with diffusers/transformers, SDPA attention, autocast bf16, fused AdamW) runs on
+  the GPU after the JAX step. Children get ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless set) so
+  that the PyTorch references of unet.py and train_step.py, in the same process as JAX, find free
+  GPU memory.
 
 The scripts print text (input_pipeline.py also a JSON line); the parsers below read the numbers from
 it. ``--out`` (default benchmarks/performance.md) receives the table, the commands and notes;
@@ -98,16 +101,21 @@ def parse_unet(text: str) -> list[Row]:
 
 
 def parse_train_step(text: str) -> list[Row]:
-    """train_step.py: one row (no PyTorch reference)."""
-    ips = _float(rf"train step: {_NUM} images/s", text)
+    """train_step.py: one row; PyTorch = its reference step (torch_train_step.py) when it ran."""
+    ips = _float(rf"^train step: {_NUM} images/s", text)
     if ips is None:
         return []
-    dev = _float(rf"peak device memory: {_NUM} GiB", text)
+    dev = _float(rf"^peak device memory: {_NUM} GiB", text)
+    torch_dev = _float(rf"^torch train step: .*peak device memory {_NUM} GiB", text)
     host = _float(rf"peak host RSS {_NUM} GiB", text)
-    memory = (f"device {dev:.2f} GiB" if dev is not None
-              else f"host RSS {host:.2f} GiB (process)" if host is not None else None)
-    return [{"benchmark": "IEDP train step", "config": "", "jax": ips, "torch": None,
-             "tflops": _float(rf"images/s \(.*?\), {_NUM} TFLOP/s", text), "memory": memory}]
+    if dev is not None and torch_dev is not None:
+        memory = f"device: JAX {dev:.2f} GiB, PyTorch {torch_dev:.2f} GiB"
+    else:
+        memory = (f"device {dev:.2f} GiB" if dev is not None
+                  else f"host RSS {host:.2f} GiB (process)" if host is not None else None)
+    return [{"benchmark": "IEDP train step", "config": "", "jax": ips,
+             "torch": _float(rf"^torch train step: {_NUM} images/s", text),
+             "tflops": _float(rf"^train step: .*?images/s \(.*?\), {_NUM} TFLOP/s", text), "memory": memory}]
 
 
 def last_json(text: str) -> dict[str, Any] | None:
@@ -191,7 +199,11 @@ def build_specs(preset: str, args: argparse.Namespace) -> list[Spec]:
                            "--iters", "5"]], "tiny UNet, batch 4, 256 px, float32", parse_unet),
             Spec("train_step", [[py, f"{bench}/train_step.py", "--config", "configs/smoke_seg.py",
                                  "--steps", "10"]],
-                 "configs/smoke_seg.py: tiny backbone, crop 64, batch 16, float32", parse_train_step),
+                 "configs/smoke_seg.py: tiny backbone, crop 64, batch 16, float32", parse_train_step,
+                 notes=["train_step's PyTorch column is benchmarks/torch_train_step.py in the same process: "
+                        "diffusers UNet + transformers CLIP + the ported heads, eager, float32, "
+                        "`F.scaled_dot_product_attention` except at the captured cross-attention layers "
+                        "(explicit softmax), torch.optim.AdamW with the same parameter groups."]),
             Spec("input_pipeline", [[py, f"{bench}/input_pipeline.py", "--images", "64", "--crop", "512",
                                      "--batch", "16", "--steps", "8", "--threads", *threads]],
                  "ADE20K train transforms, crop 512, batch 16", parse_input_pipeline),
@@ -216,7 +228,14 @@ def build_specs(preset: str, args: argparse.Namespace) -> list[Spec]:
                "--config.model.dtype=bfloat16", f"--config.train.batch_size={b}",
                "--config.data.format=folders", f"--config.data.data_dir={ade}", "--steps", "10"]],
              f"configs/ade.py: SD 1.5 + CLIP ViT, crop 512, batch {b}, bfloat16", parse_train_step,
-             skip=None if args.sd15 and args.clip_vision else "needs --sd15 and --clip-vision"),
+             skip=None if args.sd15 and args.clip_vision else "needs --sd15 and --clip-vision",
+             notes=["train_step's PyTorch column is benchmarks/torch_train_step.py on the same GPU in the same "
+                    "process: diffusers UNet + transformers CLIP + the ported heads, eager (no torch.compile), "
+                    "torch.autocast bfloat16 over float32 trained parameters with the frozen towers stored in "
+                    "bfloat16 (the JAX model.dtype=bfloat16 contract), `F.scaled_dot_product_attention` "
+                    "(flash / memory-efficient kernels in bf16 on CUDA) except at the captured "
+                    "cross-attention layers (explicit float32 softmax), fused CUDA AdamW with the same "
+                    "parameter groups."]),
         Spec("input_pipeline", [[py, f"{bench}/input_pipeline.py", "--images", "64", "--dir", ade,
                                  "--crop", "512", "--batch", "16", "--steps", "8", "--threads", *threads]],
              "ADE20K train transforms, crop 512, batch 16", parse_input_pipeline),

@@ -1,27 +1,75 @@
-"""Images/s and peak memory of the IEDP train step (both branches, forward + backward + AdamW).
+"""Images/s and peak memory of the IEDP train step (both branches, forward + backward + AdamW),
+ours (jitted JAX) and its PyTorch reference (benchmarks/torch_train_step.py) on the same device
+in the same process.
 
   python benchmarks/train_step.py --config configs/smoke_seg.py     # CPU, tiny backbone
   python benchmarks/train_step.py --config configs/ade.py --config.model.pretrained=... \
       --config.model.clip_vision=... --config.model.dtype=bfloat16 --config.train.batch_size=2
 
-Any config works (``--config.x=y`` overrides included). Reports TFLOP/s from XLA's cost
-analysis of the compiled step and the peak device memory.
+Any segmentation config works (``--config.x=y`` overrides included; the PyTorch reference
+implements segmentation only, ``--no-torch`` skips it). Reports TFLOP/s from XLA's cost analysis
+of the compiled step and the peak device memory. The PyTorch reference is built from the same
+folders, gets the JAX initial implicit/adapter/head parameters, runs the same batches with the
+same dtype (bfloat16: autocast over float32 parameters) and is timed the same way (one warm-up
+step, then ``--steps`` steps, synchronised at the end).
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import jax
+if "--no-torch" not in sys.argv:  # leave GPU memory to PyTorch in the same process
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iedp_jax import parallel  # noqa: E402
+from iedp_jax.builder import resolve_backbone  # noqa: E402
 from iedp_jax.train import build_trainer  # noqa: E402
+
+
+def bench_torch(cfg, model, heads: dict, workdir: Path, host_batches: list[dict[str, np.ndarray]],
+                steps: int) -> dict:
+    """Seconds per step, first-step seconds and peak CUDA memory of the PyTorch reference step,
+    built like the JAX ``model`` (UNet from the folder, ``heads``: its implicit/adapter/head)."""
+    import torch  # noqa: PLC0415
+
+    from benchmarks import torch_train_step as T  # noqa: PLC0415
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = True  # XLA's default float32 matmul precision on GPU
+    torch.backends.cudnn.allow_tf32 = True
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    sd, clip = resolve_backbone(cfg, workdir)
+    ref = T.load_reference(sd, clip, model.config, model.prompts, device=dev, dtype=dtype)
+    T.copy_jax_params(ref, heads)
+    opt, schedule = T.make_optimizer(ref, cfg.optim, int(cfg.train.total_steps))
+    batches = [T.to_torch_batch(b, dev) for b in host_batches]
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    clip_norm = float(cfg.optim.clip_grad_norm or 0.0)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    m = T.train_step(ref, opt, schedule, batches[0], 0, clip_norm)
+    float(m["loss"])
+    sync()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for s in range(steps):
+        m = T.train_step(ref, opt, schedule, batches[s % 2], s + 1, clip_norm)
+    float(m["loss"])
+    sync()
+    sec = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
+    return dict(sec=sec, first=first, peak=peak, loss=float(m["loss"]), device=str(dev))
 
 
 def main() -> None:
@@ -30,13 +78,17 @@ def main() -> None:
 
     config = config_flags.DEFINE_config_file("config", "configs/smoke_seg.py", "config file")
     steps = flags.DEFINE_integer("steps", 10, "timed steps after the first (compiling) one")
+    no_torch = flags.DEFINE_bool("no-torch", False, "skip the PyTorch reference")
     flags.FLAGS(sys.argv)
     cfg = config.value
     workdir = Path(tempfile.mkdtemp(prefix="iedp_bench_"))
     t = build_trainer(cfg, workdir)
     rows = parallel.process_rows(cfg.train.batch_size)
-    batches = [parallel.global_batch(t.mesh, t.dataset.train_batch(s, cfg.train.batch_size, rows))
-               for s in range(2)]
+    host = [t.dataset.train_batch(s, cfg.train.batch_size, rows) for s in range(2)]
+    batches = [parallel.global_batch(t.mesh, b) for b in host]
+    run_torch = not no_torch.value and t.model.config.task == "seg" and jax.process_count() == 1
+    # The implicit/adapter/head initial parameters for the reference (the JAX step donates the state).
+    heads = {k: v for k, v in jax.device_get(t.state["params"]).items() if k != "unet"} if run_torch else None
     compiled = t.step_fn.jitted.lower(t.state, t.frozen, batches[0]).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -53,10 +105,19 @@ def main() -> None:
     sec = (time.perf_counter() - start) / steps.value
     b = cfg.train.batch_size
     stats = jax.devices()[0].memory_stats() or {}
+    del state, m
+    ref = bench_torch(cfg, t.model, heads, workdir, host, steps.value) if run_torch else None
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  config: {cfg.data.name} "
           f"crop {tuple(cfg.data.crop_size)}  batch {b}  dtype {cfg.model.dtype}  remat {cfg.model.remat}")
     print(f"train step: {b / sec:.2f} images/s ({sec * 1e3:.1f} ms/step; first step {first:.1f} s), "
           f"{flops / sec / 1e12:.3f} TFLOP/s (XLA cost analysis: {flops / 1e9:.1f} GFLOP/step)")
+    if ref is not None:
+        mem = f", peak device memory {ref['peak'] / 2**30:.2f} GiB" if ref["peak"] else ""
+        print(f"torch train step: {b / ref['sec']:.2f} images/s ({ref['sec'] * 1e3:.1f} ms/step; first step "
+              f"{ref['first']:.1f} s; {ref['device']}, eager, SDPA){mem}")
+        print(f"jax/torch: {ref['sec'] / sec:.2f}x")
+    elif not no_torch.value:
+        print("torch train step: skipped (the PyTorch reference is single-process segmentation only)")
     peak = stats.get("peak_bytes_in_use")
     print(f"peak device memory: {peak / 2**30:.2f} GiB" if peak else "peak device memory: n/a (CPU)",
           f"; peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")

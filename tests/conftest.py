@@ -24,6 +24,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 LONG_FIRST = ("test_train.py", "test_multiprocess.py", "test_torch_train_step.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is None:

@@ -53,6 +53,7 @@ def test_run_all_dry_run_lists_the_four_benchmarks():
     assert "unet.py --config sd15 --batch 8 --size 512 --dtype bfloat16" in gpu
     assert "--config.model.pretrained=/m/sd15" in gpu and "--config.model.clip_vision=/m/clip" in gpu
     assert "diffseg.py --pretrained /m/sd15 --classes 20" in gpu and "skipped" not in gpu
+    assert "train_step.py --config configs/ade.py" in gpu and "--no-torch" not in gpu.split("# input_pipeline")[0]
     only = _dry_run("--preset", "gpu", "--only", "unet,diffseg")
     assert "# unet" in only and "# diffseg  (skipped: needs --sd15)" in only and "# train_step" not in only
 
@@ -92,6 +93,23 @@ def test_parsers_read_the_scripts_text():
     assert R.parse_train_step(step)[0] | {"benchmark": None} == {
         "benchmark": None, "config": "", "jax": 71.49, "torch": None, "tflops": 0.029,
         "memory": "host RSS 2.30 GiB (process)"}
+    # with train_step.py's PyTorch reference (CPU: no device memory; GPU: both)
+    cpu = ("train step: 71.49 images/s (223.8 ms/step; first step 12.3 s), 0.029 TFLOP/s (XLA cost "
+           "analysis: 6.6 GFLOP/step)\n"
+           "torch train step: 40.10 images/s (399.0 ms/step; first step 1.1 s; cpu, eager, SDPA)\n"
+           "jax/torch: 1.78x\npeak device memory: n/a (CPU) ; peak host RSS 2.30 GiB\n")
+    row = R.parse_train_step(cpu)[0]
+    assert (row["jax"], row["torch"], row["tflops"], row["memory"]) == (
+        71.49, 40.1, 0.029, "host RSS 2.30 GiB (process)")
+    gpu = ("train step: 9.50 images/s (842.1 ms/step; first step 95.0 s), 120.500 TFLOP/s (XLA cost "
+           "analysis: 101474.1 GFLOP/step)\n"
+           "torch train step: 7.25 images/s (1103.4 ms/step; first step 3.0 s; cuda, eager, SDPA), "
+           "peak device memory 31.20 GiB\njax/torch: 1.31x\n"
+           "peak device memory: 28.75 GiB ; peak host RSS 9.10 GiB\n")
+    row = R.parse_train_step(gpu)[0]
+    assert (row["jax"], row["torch"], row["tflops"], row["memory"]) == (
+        9.5, 7.25, 120.5, "device: JAX 28.75 GiB, PyTorch 31.20 GiB")
+    assert R.format_table([row], "2026-11-24", "H100").splitlines()[2].split(" | ")[6] == "1.31x"
     seg = ("jax vmapped (one UNet call):    25.620 images/s\n"
            "jax per-class loop:              8.120 images/s   vmapped/loop 3.15x\n"
            "torch per-class reference:       3.540 images/s   vmapped/torch 7.24x   (max |x| 1.1e-05)\n")

@@ -18,6 +18,7 @@ import pytest
 from iedp_jax import distributed
 from iedp_jax.evaluate import evaluate_checkpoint
 from iedp_jax.train import train
+from tests.helpers import quick_compile
 from tests.test_train import ROOT, params_of, small
 
 LAUNCH = ROOT / "launch" / "local_multiprocess.sh"
@@ -39,7 +40,8 @@ def _env(devices: int) -> dict[str, str]:
     # Cheaper XLA:CPU compilation (a 4-step run is compile-bound); numerics are unchanged.
     fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {fast}",
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(ROOT))
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+               PYTHONPATH=str(ROOT))
     return env
 
 
@@ -59,7 +61,8 @@ def _train(workdir: Path, processes: int, *extra: str) -> str:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
     single, multi = root / "single", root / "multi"
-    train(small(**{**OVERRIDES, "mesh.shape": (1, 1)}), single)  # the reference: this process, one device
+    with quick_compile():  # the reference: this process, one device
+        train(small(**{**OVERRIDES, "mesh.shape": (1, 1)}), single)
     first = _train(multi, 2, "--stop_after=2")  # one checkpoint (step 2), then exit
     second = _train(multi, 2)  # resumes at step 2, trains to 4, evaluates
     return single, multi, first, second
@@ -93,8 +96,9 @@ def test_evaluation_over_two_processes_equals_one(runs):
            str(single), *_flags(**{"eval.num_visualizations": 2})]
     _run(["bash", str(LAUNCH), "-n", "2", "-d", "2", "--", *cmd], _env(2))
     two = json.loads((single / "eval" / "results.json").read_text())
-    one = evaluate_checkpoint(small(**{**OVERRIDES, "mesh.shape": (1, 1), "eval.num_visualizations": 0}),
-                              single)
+    with quick_compile():
+        one = evaluate_checkpoint(small(**{**OVERRIDES, "mesh.shape": (1, 1), "eval.num_visualizations": 0}),
+                                  single)
     assert two["num_images"] == one["num_images"] == 6 and two["step"] == one["step"] == 4
     for key in ("mIoU", "aAcc", "mAcc"):
         assert abs(two[key] - one[key]) < 1e-6, (key, two[key], one[key])

@@ -19,6 +19,7 @@ from iedp_jax.checkpoint import Checkpointer, abstract_like
 from iedp_jax.prompts import class_prompt_table
 from iedp_jax.sd import load_tokenizer
 from iedp_jax.train import NonFiniteLoss, build_trainer, train
+from tests.helpers import quick_compile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,22 +73,31 @@ def test_smoke_seg_learns(tmp_path):
     assert any(p.name.startswith("events") for p in (tmp_path / "tensorboard").iterdir())
 
 
+@pytest.fixture
+def quick():
+    """Tests of a few steps compile with most XLA optimisations off (:func:`quick_compile`)."""
+    with quick_compile():
+        yield
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """An uninterrupted 6-step run (checkpoints at 2, 4, 6), shared by the tests below."""
     cfg = small()
     workdir = tmp_path_factory.mktemp("straight")
-    train(cfg, workdir)
+    with quick_compile():
+        train(cfg, workdir)
     return cfg, workdir
 
 
 def test_resume_is_bit_exact(straight, tmp_path):
     """A run stopped after step 3 and resumed ends with the parameters of an uninterrupted run."""
     cfg, straight_dir = straight
-    train(cfg, tmp_path / "resumed", stop_after=3)  # last checkpoint at step 2; step 3 is redone
-    # Simulate a kill during a save: a partial orbax temporary folder must be ignored.
-    (tmp_path / "resumed" / "checkpoints" / "4.orbax-checkpoint-tmp-123").mkdir()
-    train(cfg, tmp_path / "resumed")
+    with quick_compile():  # as the straight run
+        train(cfg, tmp_path / "resumed", stop_after=3)  # last checkpoint at step 2; step 3 is redone
+        # Simulate a kill during a save: a partial orbax temporary folder must be ignored.
+        (tmp_path / "resumed" / "checkpoints" / "4.orbax-checkpoint-tmp-123").mkdir()
+        train(cfg, tmp_path / "resumed")
     a, b = params_of(straight_dir, cfg), params_of(tmp_path / "resumed", cfg)
     assert int(a["step"]) == int(b["step"]) == 6
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -100,6 +110,7 @@ def _components(cfg, workdir, mesh):
     return t.dataset, t.model, t.frozen, t.state, t.step_fn
 
 
+@pytest.mark.usefixtures("quick")
 def test_no_recompilation_and_label_free_inference(tmp_path):
     cfg = small()
     mesh = parallel.make_mesh((1, 1), jax.devices()[:1])
@@ -126,6 +137,7 @@ def test_no_recompilation_and_label_free_inference(tmp_path):
     assert float(l1) != float(l2)
 
 
+@pytest.mark.usefixtures("quick")
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(straight, tmp_path):
     import shutil
 
@@ -170,7 +182,8 @@ print(json.dumps({"loss_one": l1, "loss_mesh": l2, "grad_one": g1, "grad_mesh": 
 def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
     # Cheaper XLA:CPU compilation (two steps are compile-bound); both meshes get the same flags.
     fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {fast}", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {fast}", JAX_PLATFORMS="cpu",
+               JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     res = subprocess.run([sys.executable, "-c", FSDP_SCRIPT, str(tmp_path), str(ROOT)], env=env,
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -181,6 +194,7 @@ def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
 
 
 @pytest.mark.xdist_group("ade_config")
+@pytest.mark.usefixtures("quick")
 def test_ade_config_runs_on_a_fake_ade_copy(tmp_path):
     """The real configs/ade.py path (tfds prepared from the folder, grain, VPD transforms, 150
     classes) trains and evaluates."""
