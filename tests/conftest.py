@@ -5,7 +5,7 @@
   every compilation after the first becomes a lookup.
 - Parallel runs (pytest-xdist, ``-n auto --dist loadgroup`` from pyproject.toml): the tests of a
   module stay on one worker (their module fixtures are built once) unless a test names its own
-  ``xdist_group``; the long modules are handed out first so that no worker starts one last.
+  ``xdist_group``; the long groups are handed out first so that no worker starts one last.
 """
 
 import os
@@ -20,8 +20,15 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# The modules that take minutes (measured: test_train ~12 min, test_multiprocess ~6 min serially).
-LONG_FIRST = ("test_train.py", "test_multiprocess.py", "test_torch_train_step.py")
+# Groups that take minutes, in the order they are handed out (with --no-loadscope-reorder xdist
+# keeps this order). Measured on 2 cores in parallel: test_multiprocess ~7 min, test_train ~7 min,
+# seg_learns ~4 min, depth_learns ~3 min, fsdp ~2 min, test_torch_train_step ~1.5 min.
+LONG_FIRST = ("test_multiprocess", "seg_learns", "test_train", "depth_learns", "fsdp", "test_torch_train_step",
+              "ade_config")
+
+
+def _group(item: pytest.Item) -> str:
+    return item.get_closest_marker("xdist_group").args[0]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -30,4 +37,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).stem))
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda it: rank.get(Path(str(it.fspath)).name, len(rank)))  # stable
+    items.sort(key=lambda it: rank.get(_group(it), len(rank)))  # stable

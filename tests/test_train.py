@@ -56,14 +56,15 @@ def params_of(workdir: Path, cfg) -> dict:
 
 @pytest.mark.xdist_group("seg_learns")
 def test_smoke_seg_learns(tmp_path):
-    """The README's first command learns: a third of its schedule (400 of 1200 steps) lifts the
-    validation mIoU from about 0.16 (untrained) to 0.80 (measured; the full run reaches 0.91).
-    ``IEDP_FULL_SMOKE=1`` runs the README's whole command and checks its mIoU >= 0.9 instead."""
+    """The README's first command learns: 250 of its 1200 steps (the schedule shortened to match)
+    lift the validation mIoU from about 0.16 (untrained) to 0.71 (measured; 400 steps reach 0.80,
+    the full run 0.91). ``IEDP_FULL_SMOKE=1`` runs the README's whole command and checks its
+    mIoU >= 0.9 instead."""
     full = os.environ.get("IEDP_FULL_SMOKE") == "1"
     cfg = load_config("smoke_seg") if full else load_config(
-        "smoke_seg", **{"train.total_steps": 400, "train.ckpt_every": 200})
+        "smoke_seg", **{"train.total_steps": 250, "train.ckpt_every": 125})
     results = train(cfg, tmp_path)
-    assert results["mIoU"] >= (0.9 if full else 0.7), results
+    assert results["mIoU"] >= (0.9 if full else 0.6), results
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["mIoU"] == results["mIoU"] and len(saved["IoU"]) == cfg.data.num_classes
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -216,7 +217,9 @@ def test_ade_config_runs_on_a_fake_ade_copy(tmp_path):
 
 @pytest.mark.xdist_group("depth_learns")
 def test_smoke_depth_learns(tmp_path):
-    cfg = load_config("smoke_depth")
+    """Half of configs/smoke_depth.py's schedule (150 steps) reaches RMSE 0.47 m, delta1 0.92
+    (measured)."""
+    cfg = load_config("smoke_depth", **{"train.total_steps": 150, "train.ckpt_every": 150})
     results = train(cfg, tmp_path)
     # Predicting the training mean depth everywhere gives an RMSE of 1.50 m on this split.
     assert results["rmse"] < 0.6 and results["delta1"] > 0.8, results
