@@ -127,7 +127,7 @@ def test_aggregation_and_refinement_match_numpy():
 def test_synthetic_object_is_recovered():
     """Cross maps high inside a square, self-attention = block-diagonal affinity of the regions."""
     rng = np.random.default_rng(1)
-    side, out = 16, 64
+    out = 64
     yy, xx = np.mgrid[0:out, 0:out]
     squares = [(8, 8, 32, 32), (40, 36, 60, 60)]  # (y0, x0, y1, x1) at 64 px, on the 4-px grid
     gt = np.zeros((out, out), int)
