@@ -31,10 +31,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import torch
 import torch.nn.functional as F
+from flax import traverse_util
 from torch import nn
+
+from iedp_jax import optim
+from iedp_jax.model import level_heights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -279,14 +284,6 @@ class CaptureSDPAProcessor:
 # The model
 # --------------------------------------------------------------------------------------------
 
-def level_heights(latent_h: int, levels: int) -> list[int]:
-    """Feature-map sizes of the UNet levels (stride-2 convs round up: 15 -> 8)."""
-    hs = [latent_h]
-    for _ in range(levels - 1):
-        hs.append((hs[-1] + 1) // 2)
-    return hs
-
-
 def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
     """``iedp_jax.sd.clip.clip_preprocess``: [B, H, W, 3] in [0, 1] -> [B, 3, size, size] float32
     (square bicubic resize, antialiased when shrinking as jax.image.resize, then CLIP mean/std)."""
@@ -469,13 +466,6 @@ def load_reference(sd_folder: str | Path, clip_folder: str | Path, config: Any, 
 # JAX parameters -> torch
 # --------------------------------------------------------------------------------------------
 
-def _flat(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    out: dict[tuple[str, ...], Any] = {}
-    for k, v in tree.items():
-        out.update(_flat(v, prefix + (k,)) if isinstance(v, Mapping) else {prefix + (k,): v})
-    return out
-
-
 def _diffusers_name(part: str) -> str:
     """Flax ``up_blocks_1`` -> diffusers ``up_blocks.1`` (``linear_1`` is a name, not an index)."""
     return part if re.fullmatch(r"linear_\d+", part) else re.sub(r"_(\d+)$", r".\1", part)
@@ -491,7 +481,7 @@ def jax_to_state_dict(params: Mapping[str, Any], module: nn.Module, diffusers_na
     """
     want = module.state_dict()
     out: dict[str, torch.Tensor] = {}
-    for path, value in _flat(params).items():
+    for path, value in traverse_util.flatten_dict(dict(params)).items():
         mod = [(_diffusers_name(p) if diffusers_names else p) for p in path[:-1]]
         leaf = path[-1]
         a = np.array(value, dtype=np.float32)  # a writable copy
@@ -531,22 +521,10 @@ def copy_jax_params(model: TorchIEDP, params: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 def learning_rate_schedule(cfg: Any, total_steps: int) -> Callable[[int], float]:
-    """``iedp_jax.optim.learning_rate_schedule`` (optax ``join_schedules`` of linear/poly) in Python."""
-    def poly(init: float, end: float, power: float, steps: int) -> Callable[[int], float]:
-        return lambda n: (init - end) * (1 - min(max(n, 0), steps) / steps) ** power + end
-
-    if cfg.schedule == "warmup_poly":
-        warmup = min(cfg.warmup_steps, total_steps)
-        first = poly(cfg.lr * cfg.warmup_ratio, cfg.lr, 1.0, max(warmup, 1))
-        second = poly(cfg.lr, cfg.end_lr, cfg.power, max(total_steps - warmup, 1))
-        boundary = warmup
-    elif cfg.schedule == "one_cycle":
-        boundary = max(int(total_steps * cfg.peak_fraction), 1)
-        first = poly(cfg.start_lr, cfg.lr, cfg.power, boundary)
-        second = poly(cfg.lr, cfg.end_lr, cfg.power, max(total_steps - boundary, 1))
-    else:
-        raise ValueError(f"optim.schedule must be 'warmup_poly' or 'one_cycle', got {cfg.schedule!r}.")
-    return lambda step: first(step) if step < boundary else second(step - boundary)
+    """``iedp_jax.optim.learning_rate_schedule`` itself, tabulated once for steps 0..total_steps,
+    so the timed PyTorch step does no JAX work."""
+    table = np.asarray(jax.vmap(optim.learning_rate_schedule(cfg, total_steps))(np.arange(total_steps + 1)))
+    return lambda step: float(table[min(max(int(step), 0), total_steps)])
 
 
 def make_optimizer(model: TorchIEDP, cfg: Any, total_steps: int
@@ -601,5 +579,4 @@ def to_torch_batch(batch: Mapping[str, Any], device: torch.device | str) -> dict
 
 
 __all__ = ["PromptTable", "present_classes", "build_prompts", "TorchIEDP", "load_reference", "copy_jax_params",
-           "jax_to_state_dict", "make_optimizer", "train_step", "to_torch_batch", "learning_rate_schedule",
-           "level_heights"]
+           "jax_to_state_dict", "make_optimizer", "train_step", "to_torch_batch", "learning_rate_schedule"]
