@@ -114,7 +114,7 @@ def torch_reference(folder: Path, seg: DiffSegmenter, images: np.ndarray, ids: n
 def throughput(args) -> None:
     folder = Path(args.pretrained) if args.pretrained else None
     if folder is None:
-        from iedp_jax.data.synthetic import write_tiny_backbone
+        from iedp_jax.sd.tiny import write_tiny_backbone
 
         folder = write_tiny_backbone(Path(tempfile.mkdtemp()) / "tiny")
     dtype = jnp.dtype(args.dtype)

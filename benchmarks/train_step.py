@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from iedp_jax import parallel  # noqa: E402
+from iedp_jax.infra import sharding  # noqa: E402
 from iedp_jax.builder import resolve_backbone  # noqa: E402
 from iedp_jax.train import build_trainer  # noqa: E402
 
@@ -83,9 +83,9 @@ def main() -> None:
     cfg = config.value
     workdir = Path(tempfile.mkdtemp(prefix="iedp_bench_"))
     t = build_trainer(cfg, workdir)
-    rows = parallel.process_rows(cfg.train.batch_size)
+    rows = sharding.process_rows(cfg.train.batch_size)
     host = [t.dataset.train_batch(s, cfg.train.batch_size, rows) for s in range(2)]
-    batches = [parallel.global_batch(t.mesh, b) for b in host]
+    batches = [sharding.global_batch(t.mesh, b) for b in host]
     run_torch = not no_torch.value and t.model.config.task == "seg" and jax.process_count() == 1
     # The implicit/adapter/head initial parameters for the reference (the JAX step donates the state).
     heads = {k: v for k, v in jax.device_get(t.state["params"]).items() if k != "unet"} if run_torch else None

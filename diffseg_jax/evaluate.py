@@ -13,7 +13,7 @@ its classes, per-class maps, background = a constant threshold.
 How the batch is laid out:
 
 - **Images** are batched (``eval.batch_size``, default one per device) and sharded over every
-  device along the batch (``iedp_jax.parallel``: each process loads only its rows). Every image is
+  device along the batch (``iedp_jax.infra.sharding``: each process loads only its rows). Every image is
   edge-padded on the host into one fixed canvas (the largest height and width of the evaluated
   images), so one compiled shape serves the whole dataset; inside ``jit`` it is resized to
   ``image_size`` (bilinear, half-pixel centres, no antialiasing: the original's
@@ -58,9 +58,9 @@ from diffseg_jax.config import DiffSegConfig
 from diffseg_jax.datasets import IGNORE_INDEX, PUBLISHED_MIOU, SegFolder, make_dataset
 from diffseg_jax.pipeline import DiffSegmenter
 from diffseg_jax.prompts import ClassPrompts
-from iedp_jax import parallel
-from iedp_jax.distributed import Synchronized
-from iedp_jax.metrics import confusion_matrix, segmentation_metrics
+from iedp_jax.infra import sharding
+from iedp_jax.infra.compile import Synchronized
+from iedp_jax.infra.metrics import confusion_matrix, segmentation_metrics
 
 Params = dict[str, Any]
 FILTER_MODES = ("clip", "all", "gt")
@@ -231,7 +231,7 @@ class EvalFns:
         self.seg = seg
         self.canvas_hw = tuple(int(x) for x in canvas_hw)
         self.num_classes = int(num_classes)
-        batch_sh, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+        batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         self.batch_sharding, self.replicated = batch_sh, repl
         size = seg.config.image_size
 
@@ -361,7 +361,7 @@ def evaluate(config: ConfigDict, workdir: str | os.PathLike | None = None, mesh=
     if dtype is None:
         raise ValueError(f"dtype {config.dtype!r} is not float32 or bfloat16.")
 
-    mesh = parallel.make_mesh(tuple(config.mesh.shape)) if mesh is None else mesh
+    mesh = sharding.make_mesh(tuple(config.mesh.shape)) if mesh is None else mesh
     devices = mesh.devices.size
     batch_size = int(config.eval.batch_size) or devices
     if batch_size % devices:
@@ -370,10 +370,10 @@ def evaluate(config: ConfigDict, workdir: str | os.PathLike | None = None, mesh=
     k_call = int(config.eval.classes_per_call) or (num_classes - 1)
     if k_call < 1:
         raise ValueError(f"eval.classes_per_call must be positive (0 = all classes), got {k_call}.")
-    rows = parallel.process_rows(batch_size)
+    rows = sharding.process_rows(batch_size)
 
     seg, params = load_diffsegmenter(config.pretrained, dcfg, dtype=dtype)
-    params = jax.device_put(params, parallel.replicated(mesh))
+    params = jax.device_put(params, sharding.replicated(mesh))
     clip = clip_params = None
     if mode == "clip":
         from diffseg_jax.filtering import load_clip_filter  # noqa: PLC0415
@@ -469,12 +469,12 @@ def evaluate(config: ConfigDict, workdir: str | os.PathLike | None = None, mesh=
                     candidate_log.append({"image": ds.name(local[r]), "classes": [ds.class_names[c] for c in cls]})
             host = {"images": np.stack(images), "hw": np.asarray(hws, np.int32),
                     "index": np.asarray([max(i, 0) for i in local], np.int32), "labels": np.stack(labels)}
-            batch = parallel.global_batch(mesh, host)
+            batch = sharding.global_batch(mesh, host)
             lat = fns.latents(params, batch["images"], batch["hw"], batch["index"], dcfg.noise_seed)
             best, arg = fns.init(batch_size)
             calls = math.ceil(_agree_max(max((len(c) for c in classes), default=0)) / k_call)
             for c in range(calls):
-                arrays = parallel.global_batch(mesh, _chunk_arrays(prompts, classes, c * k_call, k_call, empty_ids))
+                arrays = sharding.global_batch(mesh, _chunk_arrays(prompts, classes, c * k_call, k_call, empty_ids))
                 best, arg = fns.chunk(params, lat, arrays["ids"], arrays["tw"], arrays["pos"], arrays["valid"],
                                       arrays["class_ids"], batch["hw"], best, arg)
             batch_conf = fns.finish(best, arg, batch["labels"], thresholds)
@@ -544,7 +544,7 @@ def evaluate(config: ConfigDict, workdir: str | os.PathLike | None = None, mesh=
 
 def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
     """The ``python -m diffseg_jax.evaluate`` entry: a wrong folder or config value is one line
-    (:func:`iedp_jax.cli.run`)."""
+    (:func:`iedp_jax.infra.cli.run`)."""
     r = evaluate(config, workdir)
     if jax.process_index() == 0:
         extra = ""
@@ -558,6 +558,6 @@ def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
 
 
 if __name__ == "__main__":
-    from iedp_jax.cli import run
+    from iedp_jax.infra.cli import run
 
     run(main, prefix="diffseg")

@@ -140,7 +140,7 @@ def overlay_with_legend(image: np.ndarray, labels: np.ndarray, names: Sequence[s
                         ) -> np.ndarray:
     """The image with class colours blended at ``alpha`` (background pixels unchanged) stacked
     above :func:`legend_strip`; white fills the right side when the legend is wider."""
-    from iedp_jax.visualize import overlay_labels  # noqa: PLC0415
+    from iedp_jax.infra.visualize import overlay_labels  # noqa: PLC0415
 
     colours = class_colours(len(names))
     labels = np.asarray(labels)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,20 +9,16 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from iedp_jax.distributed import barrier
+from iedp_jax.infra.distributed import barrier
+from iedp_jax.infra.logs import log_line
 from iedp_jax.model import IEDP, SEG, IEDPConfig
 from iedp_jax.prompts import class_prompt_table, scene_prompt_ids
+from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.sd import load_clip_text, load_clip_vision, load_tokenizer, load_unet, load_vae
 
 PyTree = Any
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def log_line(msg: str) -> None:
-    """One line of progress on stderr, from process 0 only."""
-    if jax.process_index() == 0:
-        print(f"[iedp] {msg}", file=sys.stderr, flush=True)
 
 
 def resolve_backbone(cfg: ConfigDict, workdir: Path) -> tuple[Path, Path]:
@@ -32,8 +27,6 @@ def resolve_backbone(cfg: ConfigDict, workdir: Path) -> tuple[Path, Path]:
     With ``model.tiny_backbone`` a tiny random backbone is written (once) into the workdir.
     """
     if cfg.model.tiny_backbone:
-        from iedp_jax.data.synthetic import write_tiny_backbone  # noqa: PLC0415
-
         folder = workdir / "tiny_backbone"
         if jax.process_index() == 0:  # the workdir is shared: one writer, the others wait
             write_tiny_backbone(folder, seed=cfg.seed)

@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from iedp_jax import parallel
-from iedp_jax.data.pipeline import config_threads
-from iedp_jax.distributed import Synchronized
-from iedp_jax.losses import resize_bilinear
-from iedp_jax.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
+from iedp_jax.infra import sharding
+from iedp_jax.infra.threads import config_threads
+from iedp_jax.infra.compile import Synchronized
+from iedp_jax.sd.layers import resize_bilinear
+from iedp_jax.infra.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
 from iedp_jax.model import DEPTH, IEDP, SEG
 
 PyTree = Any
@@ -57,8 +57,8 @@ def evaluate(model: IEDP, params: PyTree, frozen: PyTree, dataset, mesh, cfg: Co
     c = model.config
     seg = c.task == SEG
     batch_size = int(cfg.train.eval_batch_size)
-    rows = parallel.process_rows(batch_size)
-    repl = parallel.replicated(mesh)
+    rows = sharding.process_rows(batch_size)
+    repl = sharding.replicated(mesh)
 
     def step(acc, params, frozen, batch):
         pred = model.predict(params, frozen, batch["image"])
@@ -77,7 +77,7 @@ def evaluate(model: IEDP, params: PyTree, frozen: PyTree, dataset, mesh, cfg: Co
     n = dataset.num_val
     for batch in tqdm(dataset.val_batches(batch_size, rows), total=-(-n // batch_size), desc="eval",
                       unit="batch", dynamic_ncols=True, disable=jax.process_index() != 0):
-        acc = jstep(acc, params, frozen, parallel.global_batch(mesh, batch))
+        acc = jstep(acc, params, frozen, sharding.global_batch(mesh, batch))
     acc = jax.device_get(acc)
     if seg:
         results = segmentation_metrics(np.asarray(acc, np.int64), dataset.class_names)
@@ -324,7 +324,7 @@ def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset, mesh, cfg
     Returns the metrics plus ``mode``, ``protocol`` and ``num_images``."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
-    from iedp_jax import visualize  # noqa: PLC0415
+    from iedp_jax.infra import visualize  # noqa: PLC0415
     from iedp_jax.inference import depth_windows, segmentation_pass  # noqa: PLC0415
 
     c = model.config
@@ -339,8 +339,8 @@ def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset, mesh, cfg
     if batch_size % devices:
         raise ValueError(f"eval.batch_size={batch_size} must be a multiple of the {devices} devices "
                          "(0 = one image per device).")
-    rows = parallel.process_rows(batch_size)
-    batch_sh, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    rows = sharding.process_rows(batch_size)
+    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     groups = plan_groups([valset.size(i) for i in range(n)], protocol)
     num_vis = int(cfg.eval.num_visualizations)
     image_dir = Path(out_dir) / "images" if out_dir is not None else None
@@ -389,7 +389,7 @@ def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset, mesh, cfg
                 local = chunk[rows]
                 made = list(pool.map(lambda i: _row(valset, group, protocol, i, c.ignore_index), local))
                 host = {k: np.stack([r[k] for r, _ in made]) for k in made[0][0]}
-                batch = parallel.global_batch(mesh, host)
+                batch = sharding.global_batch(mesh, host)
                 if seg:
                     probs = zeros_like_shape((batch_size, *group.label_size, c.num_classes))
                     for s, flip in protocol.passes:
@@ -466,7 +466,7 @@ def restore_params(directory: str | os.PathLike, step: int, abstract_params: PyT
     the step counter, read through a read-only orbax manager.
 
     Only ``params`` and ``step`` are read (orbax partial restore): the AdamW moments, twice the
-    parameters' size, never reach a device. Unlike :class:`~iedp_jax.checkpoint.Checkpointer`
+    parameters' size, never reach a device. Unlike :class:`~iedp_jax.infra.checkpoint.Checkpointer`
     the manager never cleans temporary folders, so it is safe next to a run still saving there.
     """
     import orbax.checkpoint as ocp  # noqa: PLC0415
@@ -481,7 +481,7 @@ def restore_params(directory: str | os.PathLike, step: int, abstract_params: PyT
     finally:
         logging.set_verbosity(verbosity)
     mesh = jax.tree.leaves(abstract_params)[0].sharding.mesh
-    target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(mesh)),
+    target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh)),
               "params": abstract_params}
     try:
         out = manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -508,7 +508,8 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
     Returns:
       The metrics, with ``step``, ``checkpoint``, ``mode``, ``protocol`` and ``num_images``.
     """
-    from iedp_jax.builder import build_model, log_line  # noqa: PLC0415
+    from iedp_jax.builder import build_model
+    from iedp_jax.infra.logs import log_line  # noqa: PLC0415
     from iedp_jax.data.datasets import make_dataset  # noqa: PLC0415
     from iedp_jax.train import abstract_params  # noqa: PLC0415 - train imports this module
 
@@ -516,14 +517,14 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
     directory, step = resolve_checkpoint(workdir, checkpoint)
     # fail on a bad eval section before loading any weight (the dataset decides the task later)
     protocol_from_config(config, DEPTH if config.data.name in ("nyu", "synthetic_depth") else SEG)
-    mesh = mesh or parallel.make_mesh(tuple(config.mesh.shape))
+    mesh = mesh or sharding.make_mesh(tuple(config.mesh.shape))
     dataset = make_dataset(config.data, seed=config.seed)
     model, unet_params, frozen = build_model(config, dataset, workdir)
     abstract = abstract_params(model, unet_params, frozen, tuple(config.data.crop_size), config.seed)
     del unet_params  # the checkpoint's UNet replaces the pretrained one
     abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract,
-                            parallel.tree_shardings(mesh, abstract))
-    frozen = parallel.put(frozen, parallel.tree_shardings(mesh, frozen))
+                            sharding.tree_shardings(mesh, abstract))
+    frozen = sharding.put(frozen, sharding.tree_shardings(mesh, frozen))
     log_line(f"restoring step {step} from {directory}")
     params, trained_steps = restore_params(directory, step, abstract)
     out_dir = workdir / "eval"
@@ -541,7 +542,7 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
 
 
 def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
-    """The ``python -m iedp_jax.evaluate`` entry (errors are one line: :func:`iedp_jax.cli.run`)."""
+    """The ``python -m iedp_jax.evaluate`` entry (errors are one line: :func:`iedp_jax.infra.cli.run`)."""
     evaluate_checkpoint(config, workdir, flag_values.get("checkpoint") or None)
 
 
@@ -553,6 +554,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from iedp_jax.cli import run
+    from iedp_jax.infra.cli import run
 
     run(main, _define_flags)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from iedp_jax.losses import resize_bilinear
+from iedp_jax.sd.layers import resize_bilinear
 from iedp_jax.sd.layers import conv, group_norm, resize_nearest
 
 Dtype = Any

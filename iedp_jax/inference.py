@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iedp_jax.losses import resize_bilinear
+from iedp_jax.sd.layers import resize_bilinear
 
 __all__ = [
     "slide_grid",

@@ -1,4 +1,4 @@
-"""Training losses: bilinear resize with PyTorch semantics, masked cross-entropy, SILog (NHWC).
+"""Training losses: masked cross-entropy and SILog (NHWC).
 
 Every loss returns a float32 scalar and stays finite (value and gradient) when a batch has no
 valid pixel, so a crop made only of ignored pixels never poisons a training step with NaN.
@@ -11,26 +11,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-
-def _check_size(size: Sequence[int]) -> tuple[int, int]:
-    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
-        raise ValueError(f"size must be two positive integers (height, width), got {size!r}.")
-    return int(size[0]), int(size[1])
-
-
-def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
-    """Bilinear resize of ``x [B, h, w, C]`` to ``[B, H, W, C]``.
-
-    Matches PyTorch ``F.interpolate(mode='bilinear', align_corners=False)`` (half-pixel centres,
-    edge clamping, no antialiasing) for upsampling and downsampling alike, so heads and losses
-    ported from mmseg/VPD resize the same way. A no-op when the size already matches.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"resize_bilinear expects a [B, h, w, C] array, got shape {x.shape}.")
-    h, w = _check_size(size)
-    if x.shape[1:3] == (h, w):
-        return x
-    return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=False)
+from iedp_jax.sd.layers import resize_bilinear
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = 255) -> jax.Array:

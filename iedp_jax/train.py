@@ -22,16 +22,19 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-from iedp_jax import memory_plan, parallel
-from iedp_jax.checkpoint import Checkpointer, abstract_like
+from iedp_jax.infra import memory, sharding
+from iedp_jax.infra.checkpoint import Checkpointer, abstract_like
 from iedp_jax.data.datasets import make_dataset
-from iedp_jax.data.pipeline import config_threads, next_step, step_state, train_iterator
-from iedp_jax.distributed import Synchronized
+from iedp_jax.data.pipeline import next_step, step_state, train_iterator
+from iedp_jax.infra.threads import config_threads
+from iedp_jax.infra.compile import Synchronized
 from iedp_jax.evaluate import evaluate
 from iedp_jax.model import IEDP, SEG
 from iedp_jax.optim import make_optimizer
-from iedp_jax.builder import build_model, log_line
-from iedp_jax.summary import MetricWriter
+from iedp_jax.builder import build_model
+from iedp_jax.infra.errors import NonFiniteLoss
+from iedp_jax.infra.logs import log_line
+from iedp_jax.infra.logs import MetricWriter
 
 PyTree = Any
 
@@ -51,9 +54,9 @@ def make_train_step(model: IEDP, tx, mesh, state_sh: PyTree, frozen_sh: PyTree, 
                        params_finite=finite.astype(jnp.float32))
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
-    batch_sh = {k: parallel.batch_sharding(mesh) for k in batch_keys}
+    batch_sh = {k: sharding.batch_sharding(mesh) for k in batch_keys}
     return Synchronized(jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
-                                out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,)),
+                                out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,)),
                         "train step")
 
 
@@ -67,16 +70,12 @@ def init_state(model: IEDP, tx, mesh, unet_params: PyTree, frozen: PyTree, image
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
     abstract = jax.eval_shape(make, unet_params, frozen)
-    state_sh = parallel.tree_shardings(mesh, abstract)
-    frozen_sh = parallel.tree_shardings(mesh, frozen)
+    state_sh = sharding.tree_shardings(mesh, abstract)
+    frozen_sh = sharding.tree_shardings(mesh, frozen)
     unet_sh = state_sh["params"]["unet"]
-    unet_params = parallel.put(unet_params, unet_sh)  # host arrays -> global arrays (multi-host safe)
+    unet_params = sharding.put(unet_params, unet_sh)  # host arrays -> global arrays (multi-host safe)
     state = jax.jit(make, in_shardings=(unet_sh, frozen_sh), out_shardings=state_sh)(unet_params, frozen)
     return state, state_sh
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss or the gradients became NaN or infinite."""
 
 
 def _check_finite(step: int, metrics: Mapping[str, Any], last_saved: int | None) -> dict[str, float]:
@@ -113,13 +112,13 @@ def abstract_params(model: IEDP, unet_params: PyTree, frozen: PyTree, image_hw: 
 
 def build_trainer(cfg: ConfigDict, workdir: Path, mesh=None) -> Trainer:
     """Loads data and weights, creates the sharded state and compiles nothing yet."""
-    mesh = mesh or parallel.make_mesh(tuple(cfg.mesh.shape))
+    mesh = mesh or sharding.make_mesh(tuple(cfg.mesh.shape))
     dataset = make_dataset(cfg.data, seed=cfg.seed)
     model, unet_params, frozen = build_model(cfg, dataset, workdir)
     image_hw = tuple(cfg.data.crop_size)
     tx, schedule = make_optimizer(cfg.optim, abstract_params(model, unet_params, frozen, image_hw, cfg.seed),
                                   int(cfg.train.total_steps))
-    frozen = parallel.put(frozen, parallel.tree_shardings(mesh, frozen))
+    frozen = sharding.put(frozen, sharding.tree_shardings(mesh, frozen))
     state, state_sh = init_state(model, tx, mesh, unet_params, frozen, image_hw, cfg.seed)
     step_fn = make_train_step(model, tx, mesh, state_sh, jax.tree.map(lambda x: x.sharding, frozen),
                               dataset.batch_keys, schedule, cfg.seed)
@@ -148,9 +147,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     t = build_trainer(cfg, workdir)
     dataset, model, mesh, frozen, state, step_fn = t.dataset, t.model, t.mesh, t.frozen, t.state, t.step_fn
 
-    log_line(memory_plan.describe(memory_plan.plan(state, frozen), mesh.shape))
+    log_line(memory.describe(memory.plan(state, frozen), mesh.shape))
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every, cfg.train.keep_checkpoints)
-    rows = parallel.process_rows(cfg.train.batch_size)
+    rows = sharding.process_rows(cfg.train.batch_size)
     batches = train_iterator(dataset, cfg.train.batch_size, rows, total,
                              num_threads=config_threads(cfg.data.num_workers))
     start = 0
@@ -193,10 +192,10 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
         return m
 
     for step in range(start, end):
-        batch = parallel.global_batch(mesh, next(batches))
+        batch = sharding.global_batch(mesh, next(batches))
         state, metrics = step_fn(state, frozen, batch)
         if step == start:
-            compiled = memory_plan.describe_compiled(step_fn.memory_analysis())
+            compiled = memory.describe_compiled(step_fn.memory_analysis())
             if compiled:
                 log_line(compiled)
         if pending is not None:
@@ -212,8 +211,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
         finish(*pending)
     bar.close()
     ckpt.close()
-    if step_fn._cache_size() > 1:  # noqa: SLF001 - a recompilation would be a performance bug
-        log_line(f"warning: the train step compiled {step_fn._cache_size()} times")
+    if step_fn.cache_size() > 1:  # noqa: SLF001 - a recompilation would be a performance bug
+        log_line(f"warning: the train step compiled {step_fn.cache_size()} times")
     if end < total:
         writer.close()
         return {}
@@ -236,6 +235,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from iedp_jax.cli import run
+    from iedp_jax.infra.cli import run
 
     run(lambda config, workdir, flag_values: train(config, workdir, flag_values.get("stop_after")), _define_flags)

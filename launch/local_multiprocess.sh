@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs N copies of a command on this machine as one multi-process JAX job (for testing
 # multi-host code on CPU). Each copy gets IEDP_COORDINATOR_ADDRESS, IEDP_NUM_PROCESSES and
-# IEDP_PROCESS_ID, which iedp_jax.distributed passes to jax.distributed.initialize().
+# IEDP_PROCESS_ID, which iedp_jax.infra.distributed passes to jax.distributed.initialize().
 #
 #   launch/local_multiprocess.sh [-n NUM_PROCESSES] [-d DEVICES_PER_PROCESS] [-p PORT] -- COMMAND ARGS...
 #

@@ -1,9 +1,12 @@
-"""Shared test utilities: PyTorch reference models with no zero layer, and error measures."""
+"""Shared test utilities: the shipped configs with overrides, PyTorch reference models with no zero
+layer, error measures, and quick compilation."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -49,3 +52,40 @@ def quick_compile() -> Iterator[None]:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", old)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, **overrides):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+def small(name: str = "smoke_seg", **overrides):
+    """A few steps of the smoke config, for tests that check mechanics rather than learning."""
+    base = {"train.total_steps": 6, "train.ckpt_every": 2, "train.log_every": 2, "train.batch_size": 4,
+            "train.eval_batch_size": 8, "data.val_size": 8}
+    return load_config(name, **{**base, **overrides})
+
+
+def params_of(workdir: Path, cfg) -> dict:
+    """The train state stored in the latest checkpoint of ``workdir``."""
+    from iedp_jax.infra import sharding
+    from iedp_jax.infra.checkpoint import Checkpointer, abstract_like
+    from iedp_jax.train import build_trainer
+
+    t = build_trainer(cfg, workdir, sharding.make_mesh((1, 1), jax.devices()[:1]))
+    ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every)
+    restored, _ = ckpt.restore(ckpt.latest_step(), abstract_like(t.state))
+    ckpt.close()
+    return jax.device_get(restored)

@@ -11,7 +11,7 @@ import pytest
 from iedp_jax.data import builders as B
 from iedp_jax.data.folders import ADE20KSource, NYUv2Source, make_folder_dataset
 from iedp_jax.data.pipeline import next_step, step_state, train_iterator
-from tests.test_folders import write_ade, write_nyu
+from tests.fakes import write_ade, write_nyu
 
 CROP = (32, 32)
 

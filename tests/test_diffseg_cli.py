@@ -10,7 +10,7 @@ from PIL import Image
 
 from diffseg_jax import captions
 from diffseg_jax.segment import class_colours, legend_strip, main, overlay_with_legend, parse_classes
-from iedp_jax.data.synthetic import write_tiny_backbone
+from iedp_jax.sd.tiny import write_tiny_backbone
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from diffseg_jax import (DiffSegConfig, aggregate_cross, class_maps_from_attention, label_map, load_diffsegmenter,
                          mean_self_attention, pad_class_prompts, refine, unet_attention_sides)
 from diffseg_jax.pipeline import _SelfAttentionMean
-from iedp_jax.data.synthetic import write_tiny_backbone
+from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.sd import UNetConfig, attention_maps
 from tests.helpers import rel_err
 
@@ -215,13 +215,13 @@ def test_batched_classes_equal_per_class_and_padding_is_inert(tiny):
     ids2, w2, pos2 = ids.copy(), w.copy(), pos.copy()
     ids2[0, 3], w2[0, 3], pos2[0, 3] = ids[1, 1], w[1, 1], pos[1, 1]
     labels_2, maps_2 = seg.segment(params, images, ids2, w2, pos2, valid, 7)
-    assert seg.segment._cache_size() == 1
+    assert seg.segment.cache_size() == 1
     assert rel_err(np.asarray(maps_2)[valid], maps[valid]) < 1e-6
     np.testing.assert_array_equal(np.asarray(labels_2), labels)
 
     # The noise is seeded: another seed changes the maps, the same seed reproduces them.
     _, maps_3 = seg.segment(params, images, ids, w, pos, valid, 8)
-    assert seg.segment._cache_size() == 1
+    assert seg.segment.cache_size() == 1
     assert np.abs(np.asarray(maps_3) - maps).max() > 1e-3
 
     # The reference: one class at a time (K UNet calls with K = 1), as the original does.

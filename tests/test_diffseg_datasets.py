@@ -20,8 +20,8 @@ from diffseg_jax.datasets import (COCO_OBJECT_CLASSES, CONTEXT_CLASSES, VOC_CLAS
                                   write_fake_dataset)
 from diffseg_jax.filtering import load_clip_filter
 from diffseg_jax.evaluate import default_config, evaluate, labels_at, maps_to_canvas, resize_images, update_best
-from iedp_jax.data.synthetic import write_tiny_backbone
-from iedp_jax.metrics import confusion_matrix, segmentation_metrics
+from iedp_jax.sd.tiny import write_tiny_backbone
+from iedp_jax.infra.metrics import confusion_matrix, segmentation_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"voc": [(48, 64)] * 3, "context": [(48, 64), (40, 56), (48, 64)], "coco": [(44, 64), (48, 60), (48, 64)]}

@@ -12,7 +12,7 @@ import pytest
 
 from diffseg_jax.filtering import (candidate_classes, caption_nouns, clip_crop, clip_logits, keep_by_ratio,
                                    load_clip_filter, similar_labels)
-from iedp_jax.data.synthetic import write_tiny_backbone
+from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.sd.weights import WeightsError
 from tests.helpers import perturb_, rel_err
 

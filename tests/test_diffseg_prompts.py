@@ -11,7 +11,7 @@ import pytest
 from diffseg_jax.config import DiffSegConfig
 from diffseg_jax.prompts import (build_prompt, empty_prompt_ids, encode_class_prompts, pad_class_prompts,
                                  read_captions, upweight_class_tokens)
-from iedp_jax.data.synthetic import write_tiny_backbone
+from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.sd import load_tokenizer
 
 TEMPLATE = "a photograph of {}"

@@ -18,19 +18,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iedp_jax import parallel
-from iedp_jax.checkpoint import Checkpointer
+from iedp_jax.infra import sharding
+from iedp_jax.infra.checkpoint import Checkpointer
 from iedp_jax.data.pipeline import train_iterator
 from iedp_jax.config_defaults import base_config
 from iedp_jax.data import transforms as T
 from iedp_jax.data.folders import ADE20KSource, NYUv2Source
 from iedp_jax.evaluate import evaluate_checkpoint, plan_groups, protocol_from_config, resolve_checkpoint, run_protocol
-from iedp_jax.metrics import segmentation_metrics
+from iedp_jax.infra.metrics import segmentation_metrics
 from iedp_jax.model import DEPTH, SEG, IEDPConfig
 from iedp_jax.train import build_trainer
-from tests.test_folders import write_ade, write_nyu
+from tests.fakes import write_ade, write_nyu
 from tests.test_inference import blocky_image, depth_dummy, np_aug_test, pooled
-from tests.test_train import ROOT, small
+from tests.helpers import ROOT, small
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +92,7 @@ def test_ade_protocol_equals_mmseg_transcription(tmp_path, mode):
     crop, stride, img_scale, ratios = (32, 32), (21, 21), (128, 32), (1.0, 1.5)
     cfg = eval_cfg(crop, stride, img_scale=img_scale, scales=ratios, mode=mode, batch_size=2, num_visualizations=2)
     model = DummyModel(IEDPConfig(task=SEG, num_classes=150, num_queries=150), seg150)
-    mesh = parallel.make_mesh((1, 1), jax.devices()[:1])
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     got = run_protocol(model, {"scale": jnp.float32(1.0)}, {}, src, mesh, cfg, out_dir=tmp_path / "eval")
     multi = mode == "multiscale"
     want = ade_expected(src, crop, stride, img_scale, ratios if multi else (1.0,), multi)
@@ -134,7 +134,7 @@ def test_nyu_protocol_equals_vpd_transcription_with_eigen_crop(tmp_path):
     crop, stride = (48, 48), (16, 16)
     cfg = eval_cfg(crop, stride, batch_size=2, num_visualizations=1)
     model = DummyModel(IEDPConfig(task=DEPTH, num_queries=8, explicit_maps="zeros"), depth_dummy)
-    mesh = parallel.make_mesh((1, 1), jax.devices()[:1])
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     got = run_protocol(model, {"scale": jnp.float32(1.0)}, {}, src, mesh, cfg, out_dir=tmp_path / "eval")
     per = []
     for rgb, dep, _ in src.val_files:
@@ -177,7 +177,7 @@ def smoke_workdir(tmp_path_factory):
     train-step compilation on 2 cores."""
     workdir = tmp_path_factory.mktemp("smoke")
     cfg = small()
-    t = build_trainer(cfg, workdir, parallel.make_mesh((1, 1), jax.devices()[:1]))
+    t = build_trainer(cfg, workdir, sharding.make_mesh((1, 1), jax.devices()[:1]))
     state = dict(t.state, step=jnp.asarray(7, jnp.int32))
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every, cfg.train.keep_checkpoints)
     batches = train_iterator(t.dataset, cfg.train.batch_size, slice(None), num_steps=8, start_step=7,
@@ -232,7 +232,7 @@ import json, sys
 from pathlib import Path
 import jax, jax.numpy as jnp
 sys.path.insert(0, sys.argv[2])
-from iedp_jax import parallel
+from iedp_jax.infra import sharding
 from iedp_jax.data.folders import ADE20KSource
 from iedp_jax.evaluate import run_protocol
 from iedp_jax.model import SEG, IEDPConfig
@@ -243,7 +243,7 @@ cfg = eval_cfg((32, 32), (21, 21), img_scale=(128, 32), mode="single", batch_siz
 model = DummyModel(IEDPConfig(task=SEG, num_classes=150, num_queries=150), seg150)
 out = {}
 for name, shape in (("data", (8, 1)), ("fsdp", (2, 4))):
-    r = run_protocol(model, {"scale": jnp.float32(1.0)}, {}, src, parallel.make_mesh(shape), cfg,
+    r = run_protocol(model, {"scale": jnp.float32(1.0)}, {}, src, sharding.make_mesh(shape), cfg,
                      out_dir=Path(sys.argv[1]) / name)
     images = sorted(p.name for p in (Path(sys.argv[1]) / name / "images").iterdir())
     out[name] = {"aAcc": r["aAcc"], "mIoU": r["mIoU"], "images": images}

@@ -21,8 +21,8 @@ from iedp_jax.inference import (
     slide_grid,
     slide_inference,
 )
-from iedp_jax.losses import resize_bilinear
-from iedp_jax import visualize
+from iedp_jax.sd.layers import resize_bilinear
+from iedp_jax.infra import visualize
 
 C = 4
 COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30]], np.float32)

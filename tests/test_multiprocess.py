@@ -15,11 +15,12 @@ import jax
 import numpy as np
 import pytest
 
-from iedp_jax import distributed
+from iedp_jax.infra import distributed
+from iedp_jax.infra.compile import Synchronized
 from iedp_jax.evaluate import evaluate_checkpoint
 from iedp_jax.train import train
 from tests.helpers import quick_compile
-from tests.test_train import ROOT, params_of, small
+from tests.helpers import ROOT, params_of, small
 
 LAUNCH = ROOT / "launch" / "local_multiprocess.sh"
 # A short smoke run. Adam's first steps are ~lr * sign(g), which turns rounding-level gradient
@@ -127,23 +128,23 @@ def test_memory_plan_counts_shards():
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from iedp_jax import memory_plan
+    from iedp_jax.infra import memory
 
     mesh = jax.make_mesh((1, 1), ("data", "fsdp"))
     big = jax.ShapeDtypeStruct((1024, 8), jnp.float32)
-    assert memory_plan.per_device_bytes([big], [NamedSharding(mesh, P())]) == 1024 * 8 * 4
+    assert memory.per_device_bytes([big], [NamedSharding(mesh, P())]) == 1024 * 8 * 4
 
     class Quarter:  # a stand-in for a 4-way fsdp sharding on a 1-device machine
         def shard_shape(self, shape):
             return (shape[0] // 4,) + tuple(shape[1:])
 
-    assert memory_plan.per_device_bytes([big, jax.ShapeDtypeStruct((3,), jnp.bfloat16)],
+    assert memory.per_device_bytes([big, jax.ShapeDtypeStruct((3,), jnp.bfloat16)],
                                         [Quarter(), NamedSharding(mesh, P())]) == 256 * 8 * 4 + 3 * 2
     state = {"params": {"w": jnp.zeros((1024, 8))}, "opt_state": ({"mu": jnp.zeros((1024, 8)), "nu": jnp.zeros((1024, 8))},)}
-    p = memory_plan.plan(state, {"vae": jnp.zeros((10,), jnp.bfloat16)})
+    p = memory.plan(state, {"vae": jnp.zeros((10,), jnp.bfloat16)})
     assert p["params"] == p["params_full"] == 32768 / memory_plan.GIB
     assert p["optimizer"] == 2 * 32768 / memory_plan.GIB and p["frozen"] == 20 / memory_plan.GIB
-    assert "params 0.000 GiB" in memory_plan.describe(p, {"data": 1, "fsdp": 1})
+    assert "params 0.000 GiB" in memory.describe(p, {"data": 1, "fsdp": 1})
 
 
 def test_synchronized_compiles_once_per_signature():
@@ -155,11 +156,11 @@ def test_synchronized_compiles_once_per_signature():
         calls.append(1)  # runs only while tracing
         return x * 2 + y
 
-    fn = distributed.Synchronized(jax.jit(f), "test")
+    fn = Synchronized(jax.jit(f), "test")
     assert fn.memory_analysis() is None
     np.testing.assert_array_equal(fn(jnp.ones(3), 1.0), [3.0, 3.0, 3.0])
     np.testing.assert_array_equal(fn(jnp.arange(3.0), 2.0), [2.0, 4.0, 6.0])  # new values, same program
-    assert fn._cache_size() == 1 and len(calls) == 1
+    assert fn.cache_size() == 1 and len(calls) == 1
     fn(jnp.ones(4), 1.0)
-    assert fn._cache_size() == 2 and len(calls) == 2
+    assert fn.cache_size() == 2 and len(calls) == 2
     assert fn.memory_analysis().temp_size_in_bytes >= 0

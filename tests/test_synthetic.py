@@ -19,14 +19,9 @@ from diffusers import UNet2DConditionModel as TorchUNet
 from safetensors.numpy import load_file
 
 from iedp_jax.data import synthetic
-from iedp_jax.data.synthetic import (
-    GRID,
-    TOKENIZER_WORDS,
-    SyntheticDepth,
-    SyntheticSegmentation,
-    random_params,
-    write_tiny_backbone,
-)
+from iedp_jax.data.synthetic import GRID, SyntheticDepth, SyntheticSegmentation
+from iedp_jax.sd import tiny
+from iedp_jax.sd.tiny import TOKENIZER_WORDS, random_params, write_tiny_backbone
 from iedp_jax.sd.clip import load_clip_text, load_clip_vision
 from iedp_jax.sd.schedule import load_noise_schedule
 from iedp_jax.sd.tokenizer import load_tokenizer
@@ -187,7 +182,7 @@ def test_second_call_does_not_rewrite(root):
 
 def test_leftover_temp_empty_folder_and_same_bytes(root, tmp_path, monkeypatch):
     calls = []
-    real = synthetic._write_backbone
+    real = tiny._write_backbone
     monkeypatch.setattr(synthetic, "_write_backbone", lambda *a: calls.append(a) or real(*a))
     # a crashed earlier writer left a partial temp folder beside the target
     stale = tmp_path / ".tiny.tmp-crashed"
@@ -195,7 +190,7 @@ def test_leftover_temp_empty_folder_and_same_bytes(root, tmp_path, monkeypatch):
     (stale / "unet" / "config.json").write_text("{")
     (tmp_path / "tiny").mkdir()  # an empty target folder is fine
     folder = write_tiny_backbone(tmp_path / "tiny", seed=0)
-    assert len(calls) == 1 and synthetic._is_complete(folder)
+    assert len(calls) == 1 and tiny._is_complete(folder)
     for rel in _files(root):  # deterministic: the same bytes as the fixture's folder
         assert (root / rel).read_bytes() == (folder / rel).read_bytes(), rel
     write_tiny_backbone(tmp_path / "tiny", seed=0)

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from benchmarks import torch_train_step as T
-from iedp_jax import parallel
+from iedp_jax.infra import sharding
 from iedp_jax.builder import resolve_backbone
 from iedp_jax.prompts import build_prompts, present_classes
 from iedp_jax.train import build_trainer
-from tests.test_train import small
+from tests.helpers import small
 
 BATCH = 4
 # One xdist worker for the whole module, so the module fixture (one JAX compilation) is built once.
@@ -36,7 +36,7 @@ def pair(tmp_path_factory) -> dict[str, Any]:
     cfg = small(**{"train.batch_size": BATCH, "optim.eps": 1.0, "optim.lr": 1.0, "optim.warmup_steps": 0,
                    "model.dropout": 0.0})
     workdir = Path(tmp_path_factory.mktemp("torch_ref"))
-    mesh = parallel.make_mesh((1, 1), jax.devices()[:1])
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     # XLA's optimisations change no result here but take half of the ~80 s of compilation.
     jax.config.update("jax_disable_most_optimizations", True)
     try:
@@ -45,7 +45,7 @@ def pair(tmp_path_factory) -> dict[str, Any]:
         batch["label"] = batch["label"].copy()
         batch["label"][0, :8, :] = cfg.data.ignore_index  # exercise the ignore index
         before = jax.device_get(t.state["params"])  # the step donates the state
-        state, metrics = t.step_fn(t.state, t.frozen, parallel.global_batch(mesh, batch))
+        state, metrics = t.step_fn(t.state, t.frozen, sharding.global_batch(mesh, batch))
         after, metrics = jax.device_get((state["params"], metrics))
     finally:
         jax.config.update("jax_disable_most_optimizations", False)

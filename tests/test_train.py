@@ -14,45 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iedp_jax import parallel
-from iedp_jax.checkpoint import Checkpointer, abstract_like
+from iedp_jax.infra import sharding
+from iedp_jax.infra.checkpoint import Checkpointer, abstract_like
 from iedp_jax.prompts import class_prompt_table
 from iedp_jax.sd import load_tokenizer
 from iedp_jax.train import NonFiniteLoss, build_trainer, train
-from tests.helpers import quick_compile
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_config(name: str, **overrides):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
-
-
-def small(name: str = "smoke_seg", **overrides):
-    """A few steps of the smoke config, for tests that check mechanics rather than learning."""
-    base = {"train.total_steps": 6, "train.ckpt_every": 2, "train.log_every": 2, "train.batch_size": 4,
-            "train.eval_batch_size": 8, "data.val_size": 8}
-    return load_config(name, **{**base, **overrides})
-
-
-def params_of(workdir: Path, cfg) -> dict:
-    """The train state stored in the latest checkpoint of ``workdir``."""
-    t = build_trainer(cfg, workdir, parallel.make_mesh((1, 1), jax.devices()[:1]))
-    ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every)
-    restored, _ = ckpt.restore(ckpt.latest_step(), abstract_like(t.state))
-    ckpt.close()
-    return jax.device_get(restored)
-
+from tests.helpers import ROOT, load_config, params_of, quick_compile, small
 
 @pytest.mark.xdist_group("seg_learns")
 def test_smoke_seg_learns(tmp_path):
@@ -114,11 +81,11 @@ def _components(cfg, workdir, mesh):
 @pytest.mark.usefixtures("quick")
 def test_no_recompilation_and_label_free_inference(tmp_path):
     cfg = small()
-    mesh = parallel.make_mesh((1, 1), jax.devices()[:1])
+    mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     dataset, model, frozen, state, step = _components(cfg, tmp_path, mesh)
     for s in range(3):
-        state, metrics = step(state, frozen, parallel.global_batch(mesh, dataset.train_batch(s, 4, slice(None))))
-    assert step._cache_size() == 1
+        state, metrics = step(state, frozen, sharding.global_batch(mesh, dataset.train_batch(s, 4, slice(None))))
+    assert step.cache_size() == 1
     assert int(state["step"]) == 3
     # Inference takes images only and does not touch the explicit branch: a model whose class
     # prompts are different (or absent) predicts exactly the same thing.
@@ -160,16 +127,16 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, sys.argv[2])
 from tests.test_train import small, _components
-from iedp_jax import parallel
+from iedp_jax.infra import sharding
 out = {}
 for name, shape, devs in (("one", (1, 1), jax.devices()[:1]), ("mesh", (2, 4), jax.devices())):
     # A large Adam eps makes the first update proportional to the gradient (with the default eps
     # it is lr * sign(g), which turns rounding-level gradient differences into O(lr) ones).
     cfg = small(**{"train.batch_size": 8, "optim.eps": 1.0})
-    mesh = parallel.make_mesh(shape, devs)
+    mesh = sharding.make_mesh(shape, devs)
     dataset, model, frozen, state, step = _components(cfg, sys.argv[1], mesh)
     specs = {str(l.sharding.spec) for l in jax.tree.leaves(state["params"])}
-    state, metrics = step(state, frozen, parallel.global_batch(mesh, dataset.train_batch(0, 8, slice(None))))
+    state, metrics = step(state, frozen, sharding.global_batch(mesh, dataset.train_batch(0, 8, slice(None))))
     out[name] = (float(metrics["loss"]), float(metrics["grad_norm"]), [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state["params"]))], specs)
 assert len(jax.devices()) == 8
 (l1, g1, p1, _), (l2, g2, p2, specs) = out["one"], out["mesh"]
@@ -199,7 +166,7 @@ def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
 def test_ade_config_runs_on_a_fake_ade_copy(tmp_path):
     """The real configs/ade.py path (tfds prepared from the folder, grain, VPD transforms, 150
     classes) trains and evaluates."""
-    from tests.test_folders import write_ade
+    from tests.fakes import write_ade
 
     data = write_ade(tmp_path / "ade", n_train=4)
     cfg = load_config("ade", **{

@@ -158,7 +158,7 @@ def prepare_once(builder_cls: type, manual_dir: str | os.PathLike, data_dir: str
     """:func:`prepare` on process 0 while the other processes wait; then every process opens it."""
     import jax  # noqa: PLC0415
 
-    from iedp_jax.distributed import barrier  # noqa: PLC0415
+    from iedp_jax.infra.distributed import barrier  # noqa: PLC0415
 
     if jax.process_count() == 1:
         return prepare(builder_cls, manual_dir, data_dir)

@@ -12,30 +12,18 @@ the order is a function of the step alone, :func:`train_iterator` can also start
 
 from __future__ import annotations
 
-import os
 from typing import Any, Protocol
 
 import grain
 import numpy as np
+
+from iedp_jax.infra.threads import default_threads
 
 
 class TrainSource(Protocol):
     """What the pipeline needs from a dataset source."""
 
     def train_example(self, step: int, row: int, batch_size: int) -> dict[str, np.ndarray]: ...
-
-
-def default_threads() -> int:
-    """Decoding threads when the config leaves ``data.num_workers`` at -1."""
-    return max(1, min(16, os.cpu_count() or 1))
-
-
-def config_threads(num_workers: int) -> int:
-    """Threads for ``data.num_workers``: -1 = :func:`default_threads`, 0 = decode inline."""
-    n = int(num_workers)
-    if n < -1:
-        raise ValueError(f"data.num_workers must be -1 (one per core, at most 16), 0 or more, got {n}.")
-    return default_threads() if n == -1 else n
 
 
 def train_iterator(source: TrainSource, batch_size: int, rows: slice, num_steps: int,
@@ -47,7 +35,7 @@ def train_iterator(source: TrainSource, batch_size: int, rows: slice, num_steps:
     Args:
       source: gives ``train_example(step, row, batch_size)``.
       batch_size: the global batch size.
-      rows: this process's rows of each global batch (:func:`iedp_jax.parallel.process_rows`).
+      rows: this process's rows of each global batch (:func:`iedp_jax.infra.sharding.process_rows`).
       num_steps: the length of the run in steps (the iterator ends there).
       start_step: the first step to yield.
       num_threads: decoding threads (None: :func:`default_threads`; 0 decodes in the caller).

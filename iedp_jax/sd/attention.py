@@ -12,14 +12,15 @@ unless asked.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from iedp_jax.sd.weights import flax_path_to_module_name
+from iedp_jax.sd.names import flax_path_to_module_name
 
 Dtype = Any
 
@@ -76,6 +77,34 @@ def attention_maps(intermediates: Mapping[str, Any]) -> dict[str, jax.Array]:
 
     walk(tree, ())
     return maps
+
+
+def is_self_attention(path: str) -> bool:
+    """True for a self-attention layer's module path (``...attn1``)."""
+    return path.endswith("attn1")
+
+
+def maps_by_side(maps: Mapping[str, jax.Array], kind: str) -> dict[int, list[jax.Array]]:
+    """The ``kind`` (SELF or CROSS) maps of :func:`attention_maps`, grouped by the side of their
+    (square) feature map, each group in module-path order."""
+    out: dict[int, list[jax.Array]] = {}
+    for path in sorted(maps):
+        if is_self_attention(path) != (kind == SELF):
+            continue
+        m = maps[path]  # [B, side*side, K]
+        side = math.isqrt(m.shape[1])
+        if side * side != m.shape[1]:
+            raise ValueError(f"attention map {path!r} has {m.shape[1]} queries, not a square feature map.")
+        out.setdefault(side, []).append(m)
+    return out
+
+
+def mean_map(layers: Sequence[jax.Array], dtype: Any = jnp.float32) -> jax.Array:
+    """The mean of same-shaped maps, accumulated in float32 one at a time (no stacked copy)."""
+    total = layers[0].astype(jnp.float32)
+    for m in layers[1:]:
+        total = total + m.astype(jnp.float32)
+    return (total / len(layers)).astype(dtype)
 
 
 def fused_implementation(q: jax.Array) -> str | None:

@@ -11,7 +11,7 @@ Special cases (checked against every module of :mod:`iedp_jax.sd`):
 
 - A numeric suffix ``name_N`` is a list index (``name.N``) except for the module names that
   diffusers spells with an underscore and a digit: ``time_embedding.linear_1`` / ``linear_2``
-  (:data:`LITERAL_NAMES`).
+  (the one rule of :mod:`iedp_jax.sd.names`).
 - The loaders accept legacy layouts (1x1-conv-shaped linear weights, the VAE's
   ``query/key/value/proj_attn``); export always writes the current diffusers layout, which is
   what the modules mirror: a Dense kernel becomes a 2-D linear weight, a Conv kernel (1x1
@@ -25,40 +25,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from iedp_jax.sd.names import flatten, flax_path_to_module_name
+
 PyTree = Any
 
-# Flax module names that diffusers / transformers spell literally with ``_<digit>`` (not a list
-# index): diffusers' ``TimestepEmbedding.linear_1`` / ``linear_2``.
-LITERAL_NAMES = frozenset({"linear_1", "linear_2"})
 # Top-level names a CLIP checkpoint keeps outside its ``text_model.`` / ``vision_model.`` prefix.
 CLIP_UNPREFIXED = ("text_projection", "visual_projection")
-
-_INDEX = re.compile(r"^(.*)_(\d+)$")
-
-
-def _module_key(path: tuple[str, ...]) -> str:
-    """``('up_blocks_1', 'attentions_0', 'to_out_0')`` -> ``'up_blocks.1.attentions.0.to_out.0'``."""
-    parts = []
-    for p in path:
-        m = _INDEX.match(p)
-        parts.append(f"{m.group(1)}.{m.group(2)}" if m and p not in LITERAL_NAMES else p)
-    return ".".join(parts)
-
-
-def _flatten(tree: PyTree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    if isinstance(tree, Mapping):
-        flat: dict[tuple[str, ...], Any] = {}
-        for k, v in tree.items():
-            flat.update(_flatten(v, prefix + (str(k),)))
-        return flat
-    return {prefix: tree}
 
 
 def _torch_leaf(name: str, arr: np.ndarray) -> tuple[str, np.ndarray]:
@@ -96,12 +74,12 @@ def torch_state_dict(params: PyTree, prefix: str = "",
     if isinstance(params, Mapping) and set(params) == {"params"}:
         params = params["params"]
     out: dict[str, np.ndarray] = {}
-    for path, leaf in _flatten(params).items():
+    for path, leaf in flatten(params).items():
         arr = np.asarray(leaf)
         if np.issubdtype(arr.dtype, np.floating) or arr.dtype.name == "bfloat16":
             arr = arr.astype(np.float32)
         name, arr = _torch_leaf(path[-1], arr)
-        key = ".".join(filter(None, (_module_key(path[:-1]), name)))
+        key = ".".join(filter(None, (flax_path_to_module_name(path[:-1]), name)))
         if prefix and path[0] not in unprefixed:
             key = prefix + key
         if key in out:
@@ -142,4 +120,4 @@ def save_component(folder: str | os.PathLike, config: Mapping[str, Any], params:
     return folder
 
 
-__all__ = ["CLIP_UNPREFIXED", "LITERAL_NAMES", "save_component", "torch_state_dict"]
+__all__ = ["CLIP_UNPREFIXED", "save_component", "torch_state_dict"]

@@ -1,7 +1,9 @@
-"""Convolutional building blocks shared by the UNet and the VAE (diffusers parameter names, NHWC)."""
+"""Convolutional building blocks shared by the UNet and the VAE (diffusers parameter names, NHWC),
+and the resizes with PyTorch semantics that heads, losses and DiffSegmenter share."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +26,27 @@ def conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: str
         padding = ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                    use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def _check_size(size: Sequence[int]) -> tuple[int, int]:
+    if len(size) != 2 or any(int(s) != s or s < 1 for s in size):
+        raise ValueError(f"size must be two positive integers (height, width), got {size!r}.")
+    return int(size[0]), int(size[1])
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """Bilinear resize of ``x [B, h, w, C]`` to ``[B, H, W, C]``.
+
+    Matches PyTorch ``F.interpolate(mode='bilinear', align_corners=False)`` (half-pixel centres,
+    edge clamping, no antialiasing) for upsampling and downsampling alike, so heads and losses
+    ported from mmseg/VPD resize the same way. A no-op when the size already matches.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"resize_bilinear expects a [B, h, w, C] array, got shape {x.shape}.")
+    h, w = _check_size(size)
+    if x.shape[1:3] == (h, w):
+        return x
+    return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=False)
 
 
 def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 
 from iedp_jax.sd.attention import CROSS, NO_CAPTURE, SELF, Attention, AttentionCapture
 from iedp_jax.sd.layers import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
-from iedp_jax.sd.weights import flax_path_to_module_name, load_params, read_config, resolve_component
+from iedp_jax.sd.names import flax_path_to_module_name
+from iedp_jax.sd.weights import load_params, read_config, resolve_component
 
 Dtype = Any
 
@@ -443,6 +444,32 @@ def load_unet(path: str | os.PathLike, dtype: Dtype = jnp.float32, param_dtype: 
     return module, params
 
 
+def downsampled_side(side: int, factor: int) -> int:
+    """The side of a feature map ``factor`` (a power of two) times coarser than ``side``: the
+    UNet's padded stride-2 convolutions round up (a 60-wide latent gives 30, 15, 8)."""
+    if factor < 1 or factor & (factor - 1):
+        raise ValueError(f"a UNet level is a power-of-two stride of the latent, got {factor}.")
+    while factor > 1:
+        side, factor = -(-side // 2), factor // 2
+    return side
+
+
+def level_sides(config: UNetConfig, latent_side: int) -> tuple[int, ...]:
+    """Feature-map sides of the UNet levels, finest first (one per ``block_out_channels``)."""
+    return tuple(downsampled_side(latent_side, 2**k) for k in range(len(config.block_out_channels)))
+
+
+def attention_sides(config: UNetConfig, latent_side: int) -> tuple[int, ...]:
+    """Sides of the feature maps that hold attention layers (self + cross), sorted."""
+    level = level_sides(config, latent_side)
+    n = len(level)
+    sides = {level[i] for i, t in enumerate(config.down_block_types) if t == "CrossAttnDownBlock2D"}
+    if config.mid_block_type is not None:
+        sides.add(level[-1])
+    sides |= {level[n - 1 - i] for i, t in enumerate(config.up_block_types) if t == "CrossAttnUpBlock2D"}
+    return tuple(sorted(sides))
+
+
 def init_unet(module: UNet2DConditionModel, h: int = 8, w: int = 8, seed: int = 0,
               context_len: int = 4) -> dict:
     """Randomly initialised variables (use under ``jax.eval_shape`` to get shapes only)."""
@@ -453,20 +480,6 @@ def init_unet(module: UNet2DConditionModel, h: int = 8, w: int = 8, seed: int = 
                        jnp.zeros((1,), jnp.int32), jnp.zeros((1, context_len, cfg.cross_attention_dim), module.dtype))
 
 
-def module_paths(params: Mapping[str, Any]) -> list[str]:
-    """Lists the diffusers module paths of a params tree (for debugging a mapping)."""
-    out: list[str] = []
-
-    def walk(node: Any, path: tuple[str, ...]) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, path + (k,))
-        else:
-            out.append(flax_path_to_module_name(path))
-
-    walk(params, ())
-    return out
-
-
-__all__: Sequence[str] = ["UNetConfig", "UNet2DConditionModel", "decoder_features", "load_unet",
+__all__: Sequence[str] = ["UNetConfig", "UNet2DConditionModel", "attention_sides", "decoder_features",
+                          "downsampled_side", "level_sides", "load_unet",
                           "init_unet", "timestep_embedding"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+
+from iedp_jax.sd.names import flatten, flax_path_to_module_name, torch_key_to_flax_path, unflatten
 
 PyTree = Any
 
@@ -146,28 +147,6 @@ def iter_checkpoint(files: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
 # Key and layout conversion.
 
 
-def torch_key_to_flax_path(key: str) -> tuple[tuple[str, ...], str]:
-    """``a.0.b.to_out.0.weight`` -> (``('a_0', 'b', 'to_out_0')``, ``'weight'``).
-
-    A numeric segment is joined to the name before it, the way Flax names list members.
-    """
-    parts = key.split(".")
-    module: list[str] = []
-    for part in parts[:-1]:
-        if part.isdigit() and module:
-            module[-1] = f"{module[-1]}_{part}"
-        else:
-            module.append(part)
-    return tuple(module), parts[-1]
-
-
-def flax_path_to_module_name(path: tuple[str, ...]) -> str:
-    """``('up_blocks_1', 'attentions_2', 'attn2')`` -> ``'up_blocks.1.attentions.2.attn2'``.
-
-    ``linear_1``/``linear_2`` (the time embedding's layers) are names, not list members."""
-    return ".".join(p if re.fullmatch(r"linear_\d+", p) else re.sub(r"_(\d+)$", r".\1", p) for p in path)
-
-
 def _convert_leaf(module_path: tuple[str, ...], name: str, arr: np.ndarray,
                   expected: Mapping[str, jax.ShapeDtypeStruct]) -> tuple[str, np.ndarray]:
     """Maps a PyTorch parameter to the Flax leaf name and layout the module expects."""
@@ -207,7 +186,7 @@ def convert_state(
     Raises:
       WeightsError: naming every missing, unexpected or mis-shaped tensor.
     """
-    flat_shapes = _flatten(shapes)
+    flat_shapes = flatten(shapes)
     out: dict[tuple[str, ...], jax.Array] = {}
     unexpected, misshaped = [], []
     seen_bad: set[tuple[str, ...]] = set()
@@ -244,26 +223,7 @@ def convert_state(
             f"{where} does not match the model its config.json describes ({'; '.join(problems)}): "
             "check that the weights and config.json come from the same model."
         )
-    return _unflatten(out)
-
-
-def _flatten(tree: PyTree, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    if isinstance(tree, Mapping):
-        flat: dict[tuple[str, ...], Any] = {}
-        for k, v in tree.items():
-            flat.update(_flatten(v, prefix + (k,)))
-        return flat
-    return {prefix: tree}
-
-
-def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = value
-    return tree
+    return unflatten(out)
 
 
 def load_params(

@@ -1,11 +1,21 @@
-"""Metrics a user can plot: TensorBoard event files and a JSON-lines log in the workdir."""
+"""What a run tells its user: progress lines on stderr (process 0), and metrics to plot
+(TensorBoard event files and a JSON-lines log in the workdir)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+import jax
+
+
+def log_line(msg: str) -> None:
+    """One line of progress on stderr, from process 0 only."""
+    if jax.process_index() == 0:
+        print(f"[iedp] {msg}", file=sys.stderr, flush=True)
 
 
 class MetricWriter:

@@ -1,6 +1,6 @@
 """Multi-process start-up: ``jax.distributed.initialize`` when the run spans processes.
 
-Called by every entry point before anything touches a device (:func:`iedp_jax.cli.run`):
+Called by every entry point before anything touches a device (:func:`iedp_jax.infra.cli.run`):
 
 1. ``IEDP_COORDINATOR_ADDRESS``, ``IEDP_NUM_PROCESSES`` and ``IEDP_PROCESS_ID`` set (the
    launch scripts in ``launch/`` set them): initialise with those values.
@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping
 
 import jax
+
+from iedp_jax.infra.errors import ConfigError
 
 ENV_COORDINATOR = "IEDP_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "IEDP_NUM_PROCESSES"
@@ -32,15 +34,15 @@ def explicit_settings(env: Mapping[str, str]) -> tuple[str, int, int] | None:
         return None
     if len(given) != len(_ENV):
         missing = [k for k in _ENV if k not in given]
-        raise ValueError(f"{', '.join(given)} set but {', '.join(missing)} not: set all three "
+        raise ConfigError(f"{', '.join(given)} set but {', '.join(missing)} not: set all three "
                          "(launch/local_multiprocess.sh and launch/gpu_slurm.sbatch do) or none.")
     try:
         n, i = int(env[ENV_NUM_PROCESSES]), int(env[ENV_PROCESS_ID])
     except ValueError as e:
-        raise ValueError(f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers, got "
+        raise ConfigError(f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers, got "
                          f"{env[ENV_NUM_PROCESSES]!r} and {env[ENV_PROCESS_ID]!r}.") from e
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"{ENV_PROCESS_ID}={i} must lie in [0, {ENV_NUM_PROCESSES}={n}).")
+        raise ConfigError(f"{ENV_PROCESS_ID}={i} must lie in [0, {ENV_NUM_PROCESSES}={n}).")
     return env[ENV_COORDINATOR], n, i
 
 
@@ -95,41 +97,3 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
         return
     n = _barriers[name] = _barriers.get(name, 0) + 1  # barrier ids must be unique per use
     client.wait_at_barrier(f"iedp:{name}:{n}", timeout_in_ms=timeout_s * 1000)
-
-
-class Synchronized:
-    """A jitted function compiled ahead of time once per input signature.
-
-    With several processes every new compilation ends at a :func:`barrier`, so all processes
-    start the program (and its first collectives) together. The compiled executables also give
-    XLA's memory analysis (:meth:`memory_analysis`), printed by the trainer after compiling.
-    """
-
-    def __init__(self, jitted, name: str) -> None:
-        self.jitted, self.name = jitted, name
-        self._compiled: dict = {}
-
-    def __call__(self, *args):
-        # Keyed by structure, shapes and dtypes (cheap: ~1 ms for 3000 leaves). An argument with
-        # another sharding is an error from the executable, never a silent recompilation.
-        leaves, treedef = jax.tree.flatten(args)
-        key = treedef, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else type(x) for x in leaves)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled = self._compiled[key] = self.jitted.lower(*args).compile()
-            barrier(f"compiled {self.name} #{len(self._compiled)}")
-        return compiled(*args)
-
-    def _cache_size(self) -> int:
-        """How many signatures were compiled (1 for a step that never recompiles)."""
-        return len(self._compiled)
-
-    def memory_analysis(self) -> object | None:
-        """XLA's memory analysis of the first compiled signature (None before any call or when
-        the backend gives none)."""
-        if not self._compiled:
-            return None
-        try:
-            return next(iter(self._compiled.values())).memory_analysis()
-        except (NotImplementedError, RuntimeError):
-            return None

@@ -1,0 +1,52 @@
+"""Ahead-of-time compilation once per input signature, in step across processes.
+
+Every new compilation ends at a :func:`~iedp_jax.infra.distributed.barrier`, so all processes
+start the program (and its first collectives) together; the compiled executables also give
+XLA's memory analysis, which the trainer prints after compiling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from iedp_jax.infra.distributed import barrier
+
+
+class Synchronized:
+    """A jitted function compiled ahead of time once per input signature.
+
+    With several processes every new compilation ends at a :func:`barrier`, so all processes
+    start the program (and its first collectives) together. The compiled executables also give
+    XLA's memory analysis (:meth:`memory_analysis`), printed by the trainer after compiling.
+    """
+
+    def __init__(self, jitted, name: str) -> None:
+        self.jitted, self.name = jitted, name
+        self._compiled: dict = {}
+
+    def __call__(self, *args):
+        # Keyed by structure, shapes and dtypes (cheap: ~1 ms for 3000 leaves). An argument with
+        # another sharding is an error from the executable, never a silent recompilation.
+        leaves, treedef = jax.tree.flatten(args)
+        key = treedef, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else type(x) for x in leaves)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = self.jitted.lower(*args).compile()
+            barrier(f"compiled {self.name} #{len(self._compiled)}")
+        return compiled(*args)
+
+    def cache_size(self) -> int:
+        """How many signatures were compiled (1 for a step that never recompiles)."""
+        return len(self._compiled)
+
+    def memory_analysis(self) -> object | None:
+        """XLA's memory analysis of the first compiled signature (None before any call or when
+        the backend gives none)."""
+        if not self._compiled:
+            return None
+        try:
+            return next(iter(self._compiled.values())).memory_analysis()
+        except (NotImplementedError, RuntimeError):
+            return None

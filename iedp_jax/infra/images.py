@@ -1,0 +1,56 @@
+"""Decoding the files datasets ship (JPEG / PNG), from a path or a file object, on the host.
+
+The folder readers and the prepared-tfds readers of every dataset decode through these
+functions, so both formats give identical arrays.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+from iedp_jax.infra.errors import InputError
+
+File = str | os.PathLike | BinaryIO
+
+
+def _name(file: File) -> str:
+    return str(file) if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "<bytes>")
+
+
+def load_rgb(file: File) -> np.ndarray:
+    """A JPEG/PNG as uint8 RGB ``[H, W, 3]`` (grey and palette images are converted)."""
+    with Image.open(file) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def load_label(file: File) -> np.ndarray:
+    """A single-channel label PNG (mode L or P: the stored indices) as uint8 ``[H, W]``."""
+    with Image.open(file) as im:
+        if im.mode not in ("L", "P", "I", "I;16"):
+            raise InputError(f"{_name(file)} is a {im.mode} image, not a single-channel label map (mode L or P).")
+        arr = np.asarray(im)
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise InputError(f"{_name(file)} holds label values outside 0..255.")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def load_depth_png(file: File, scale: float = 1000.0) -> np.ndarray:
+    """A uint16 depth PNG in millimetres as float32 metres ``[H, W]`` (0 stays 0 = invalid)."""
+    with Image.open(file) as im:
+        arr = np.asarray(im)
+    if arr.ndim != 2:
+        raise InputError(f"{_name(file)} is not a single-channel depth map (shape {arr.shape}).")
+    return (arr.astype(np.float32) / np.float32(scale)).astype(np.float32)
+
+
+def image_size(file: File) -> tuple[int, int]:
+    """``(H, W)`` of an image from its header (nothing is decoded)."""
+    with Image.open(file) as im:
+        w, h = im.size
+    return h, w
