@@ -19,8 +19,8 @@ batches. The breakdown times decoding (JPEG,
 PNG) and each transform on one thread without grain, calling :mod:`iedp_jax.data.transforms`
 directly.
 
-  python benchmarks/input_pipeline.py                          # 64 images, crop 512, batch 16
-  python benchmarks/input_pipeline.py --threads 1 2 4 8 16 --dir /tmp/ade_synth
+  python -m benchmarks.input_pipeline                          # 64 images, crop 512, batch 16
+  python -m benchmarks.input_pipeline --threads 1 2 4 8 16 --dir /tmp/ade_synth
 
 Host cores per GPU: with ``E`` = the 1-thread examples/s (``per_core_examples_per_s`` in the JSON,
 which holds while threads <= physical cores and scaling stays near linear; check the 2+ thread
@@ -38,7 +38,6 @@ import os
 import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,10 +47,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from iedp_jax.data import transforms as T  # noqa: E402
-from iedp_jax.data.folders import ADE20KSource, load_label, load_rgb  # noqa: E402
+from iedp_jax.data import transforms as T
+from iedp_jax.data.folders import ADE20KSource, load_label, load_rgb
 
 NUM_LABELS = 151  # ADE20K annotation values 0..150 (0 = other / ignored)
 N_VAL = 2  # validation images (the source insists on a non-empty split)
@@ -163,7 +160,7 @@ def torch_rate(source: ADE20KSource, batch: int, steps: int, workers: int, start
     """Examples/s of a DataLoader with ``workers`` processes over the same examples, after one
     warm-up batch per worker (batch ``i`` comes from worker ``i % workers``, so this waits until
     every worker has started)."""
-    import torch.utils.data  # noqa: PLC0415
+    import torch.utils.data  # noqa: PLC0415 - optional: skipped without torch or with --no-torch
 
     warm = max(1, workers)
     loader = torch.utils.data.DataLoader(

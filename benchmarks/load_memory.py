@@ -5,7 +5,10 @@ Writes ``unet/config.json`` + a 3.4 GB ``diffusion_pytorch_model.safetensors`` i
 size. The loader reads tensors one at a time from a memory map, so the peak should stay near two
 copies (the mapped file plus the converted parameters).
 
-  python benchmarks/load_memory.py --dir /tmp/sd15_random
+  python -m benchmarks.load_memory --dir /tmp/sd15_random
+
+Everything heavy (jax, numpy, the library) is imported inside the child processes only: a child
+inherits its parent's peak RSS (``ru_maxrss`` survives fork + exec), so the parent stays small.
 """
 
 from __future__ import annotations
@@ -17,17 +20,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+MODULE = "benchmarks.load_memory"
 
 
 def write(folder: Path) -> Path:
-    import jax
-    import numpy as np
-    from safetensors.numpy import save_file
+    # Imports in the child only (see the module docstring), for this and load().
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    from safetensors.numpy import save_file  # noqa: PLC0415
 
-    from iedp_jax.sd.export import torch_state_dict
-    from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet
-    from benchmarks.unet import sd15_config
+    from benchmarks.unet import sd15_config  # noqa: PLC0415
+    from iedp_jax.sd.export import torch_state_dict  # noqa: PLC0415
+    from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet  # noqa: PLC0415
 
     target = folder / "unet" / "diffusion_pytorch_model.safetensors"
     if target.is_file():
@@ -44,11 +48,12 @@ def write(folder: Path) -> Path:
 
 
 def load(folder: str) -> None:
-    from iedp_jax.sd import load_unet
+    import jax  # noqa: PLC0415 - in the child only
+
+    from iedp_jax.sd import load_unet  # noqa: PLC0415
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     _, params = load_unet(folder)
-    import jax
 
     n = sum(x.size for x in jax.tree.leaves(params))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -69,10 +74,10 @@ def main() -> None:
         return
     # Write and load in separate child processes: a child inherits its parent's peak RSS
     # (ru_maxrss survives fork + exec), so this parent must stay small.
-    subprocess.run([sys.executable, __file__, "--dir", args.dir, "--_write"], check=True)
+    subprocess.run([sys.executable, "-m", MODULE, "--dir", args.dir, "--_write"], check=True)
     path = Path(args.dir) / "unet" / "diffusion_pytorch_model.safetensors"
     size = path.stat().st_size
-    out = subprocess.run([sys.executable, __file__, "--dir", args.dir, "--_load"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", MODULE, "--dir", args.dir, "--_load"], capture_output=True,
                          text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     grown = (res["peak_rss_kib"] - res["rss_before_kib"]) * 1024

@@ -3,10 +3,10 @@ with its PyTorch reference where the script has one, on the same device in the s
 one Markdown table: date, device, benchmark, config, JAX img/s, PyTorch img/s, ratio, TFLOP/s, peak
 memory.
 
-  python benchmarks/run_all.py --preset cpu                       # the tiny configs of RESULTS.md
-  python benchmarks/run_all.py --preset gpu --sd15 /models/stable-diffusion-v1-5 \
+  python -m benchmarks.run_all --preset cpu                       # the tiny configs of RESULTS.md
+  python -m benchmarks.run_all --preset gpu --sd15 /models/stable-diffusion-v1-5 \
       --clip-vision /models/clip-vit-large-patch14 --readme
-  python benchmarks/run_all.py --preset gpu --only unet,input_pipeline --dry-run
+  python -m benchmarks.run_all --preset gpu --only unet,input_pipeline --dry-run
 
 Presets:
 
@@ -20,13 +20,14 @@ Presets:
   20 classes, 512 px, bfloat16. train_step and diffseg are skipped without ``--sd15`` (train_step
   also without ``--clip-vision``): neither script can build SD 1.5 from random weights.
   diffseg.py's PyTorch reference runs only in float32 and on the CPU, so the gpu preset passes
-  ``--no-torch`` to it. train_step.py's PyTorch reference (benchmarks/torch_train_step.py: the
+  ``--no-torch`` to it. train_step.py's PyTorch reference (tests/reference/torch_iedp.py: the
   same IEDP step with diffusers/transformers, SDPA attention, autocast bf16, fused AdamW) runs on
   the GPU after the JAX step. Children get ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless set) so
   that the PyTorch references of unet.py and train_step.py, in the same process as JAX, find free
   GPU memory.
 
-The scripts print text (input_pipeline.py also a JSON line); the parsers below read the numbers from
+Each script runs as a module from the repository root (``python -m benchmarks.unet ...``). The
+scripts print text (input_pipeline.py also a JSON line); the parsers below read the numbers from
 it. ``--out`` (default benchmarks/performance.md) receives the table, the commands and notes;
 ``--readme`` also replaces the part of README.md between ``<!-- performance:start -->`` and
 ``<!-- performance:end -->`` (added under a "## Performance" heading when missing).
@@ -101,7 +102,7 @@ def parse_unet(text: str) -> list[Row]:
 
 
 def parse_train_step(text: str) -> list[Row]:
-    """train_step.py: one row; PyTorch = its reference step (torch_train_step.py) when it ran."""
+    """train_step.py: one row; PyTorch = its reference step (tests/reference/torch_iedp.py) when it ran."""
     ips = _float(rf"^train step: {_NUM} images/s", text)
     if ips is None:
         return []
@@ -190,24 +191,27 @@ def thread_ladder(cores: int) -> list[int]:
 
 def build_specs(preset: str, args: argparse.Namespace) -> list[Spec]:
     py = sys.executable
-    bench = "benchmarks"
+
+    def bench(script: str) -> list[str]:
+        return [py, "-m", f"benchmarks.{script}"]
+
     cores = os.cpu_count() or 1
     if preset == "cpu":
         threads = [str(t) for t in (1, 2)]
         return [
-            Spec("unet", [[py, f"{bench}/unet.py", "--config", "tiny", "--batch", "4", "--size", "256",
+            Spec("unet", [[*bench("unet"), "--config", "tiny", "--batch", "4", "--size", "256",
                            "--iters", "5"]], "tiny UNet, batch 4, 256 px, float32", parse_unet),
-            Spec("train_step", [[py, f"{bench}/train_step.py", "--config", "configs/smoke_seg.py",
+            Spec("train_step", [[*bench("train_step"), "--config", "configs/smoke_seg.py",
                                  "--steps", "10"]],
                  "configs/smoke_seg.py: tiny backbone, crop 64, batch 16, float32", parse_train_step,
-                 notes=["train_step's PyTorch column is benchmarks/torch_train_step.py in the same process: "
+                 notes=["train_step's PyTorch column is tests/reference/torch_iedp.py in the same process: "
                         "diffusers UNet + transformers CLIP + the ported heads, eager, float32, "
                         "`F.scaled_dot_product_attention` except at the captured cross-attention layers "
                         "(explicit softmax), torch.optim.AdamW with the same parameter groups."]),
-            Spec("input_pipeline", [[py, f"{bench}/input_pipeline.py", "--images", "64", "--crop", "512",
+            Spec("input_pipeline", [[*bench("input_pipeline"), "--images", "64", "--crop", "512",
                                      "--batch", "16", "--steps", "8", "--threads", *threads]],
                  "ADE20K train transforms, crop 512, batch 16", parse_input_pipeline),
-            Spec("diffseg", [[py, f"{bench}/diffseg.py", "--classes", "20", "--batch", "2",
+            Spec("diffseg", [[*bench("diffseg"), "--classes", "20", "--batch", "2",
                               "--image-size", "64", "--iters", "3"]],
                  "tiny backbone, 2 images x 20 classes, 64 px, float32", parse_diffseg,
                  notes=["diffseg.py reports no memory figure."]),
@@ -215,31 +219,31 @@ def build_specs(preset: str, args: argparse.Namespace) -> list[Spec]:
     sd15, clip = args.sd15 or SD15_PLACEHOLDER, args.clip_vision or CLIP_PLACEHOLDER
     ade = args.ade_dir or str(Path(tempfile.gettempdir()) / "iedp_synthetic_ade")
     threads = [str(t) for t in thread_ladder(cores)]
-    write_ade = [py, f"{bench}/input_pipeline.py", "--images", "64", "--dir", ade, "--write-only"]
+    write_ade = [*bench("input_pipeline"), "--images", "64", "--dir", ade, "--write-only"]
     b = str(args.train_batch)
     return [
-        Spec("unet", [[py, f"{bench}/unet.py", "--config", "sd15", "--batch", "8", "--size", "512",
+        Spec("unet", [[*bench("unet"), "--config", "sd15", "--batch", "8", "--size", "512",
                        "--dtype", "bfloat16", "--iters", "10"]], "SD 1.5 UNet, batch 8, 512 px, bfloat16",
              parse_unet),
         Spec("train_step",
              [write_ade,
-              [py, f"{bench}/train_step.py", "--config", "configs/ade.py",
+              [*bench("train_step"), "--config", "configs/ade.py",
                f"--config.model.pretrained={sd15}", f"--config.model.clip_vision={clip}",
                "--config.model.dtype=bfloat16", f"--config.train.batch_size={b}",
                "--config.data.format=folders", f"--config.data.data_dir={ade}", "--steps", "10"]],
              f"configs/ade.py: SD 1.5 + CLIP ViT, crop 512, batch {b}, bfloat16", parse_train_step,
              skip=None if args.sd15 and args.clip_vision else "needs --sd15 and --clip-vision",
-             notes=["train_step's PyTorch column is benchmarks/torch_train_step.py on the same GPU in the same "
+             notes=["train_step's PyTorch column is tests/reference/torch_iedp.py on the same GPU in the same "
                     "process: diffusers UNet + transformers CLIP + the ported heads, eager (no torch.compile), "
                     "torch.autocast bfloat16 over float32 trained parameters with the frozen towers stored in "
                     "bfloat16 (the JAX model.dtype=bfloat16 contract), `F.scaled_dot_product_attention` "
                     "(flash / memory-efficient kernels in bf16 on CUDA) except at the captured "
                     "cross-attention layers (explicit float32 softmax), fused CUDA AdamW with the same "
                     "parameter groups."]),
-        Spec("input_pipeline", [[py, f"{bench}/input_pipeline.py", "--images", "64", "--dir", ade,
+        Spec("input_pipeline", [[*bench("input_pipeline"), "--images", "64", "--dir", ade,
                                  "--crop", "512", "--batch", "16", "--steps", "8", "--threads", *threads]],
              "ADE20K train transforms, crop 512, batch 16", parse_input_pipeline),
-        Spec("diffseg", [[py, f"{bench}/diffseg.py", "--pretrained", sd15, "--classes", "20", "--batch", "1",
+        Spec("diffseg", [[*bench("diffseg"), "--pretrained", sd15, "--classes", "20", "--batch", "1",
                           "--image-size", "512", "--dtype", "bfloat16", "--iters", "3", "--no-torch"]],
              "SD 1.5, 1 image x 20 classes, 512 px, bfloat16", parse_diffseg,
              skip=None if args.sd15 else "needs --sd15",
@@ -305,7 +309,7 @@ def render(rows: Sequence[Row], date: str, device: str, commands: Sequence[str],
     parts = [format_table(rows, date, device), "",
              "JAX img/s of the input pipeline is grain's training examples/s; its PyTorch column is a "
              "`torch.utils.data.DataLoader` with as many worker processes running the same per-example "
-             "function. TFLOP/s come from XLA's cost analysis. Generated by `benchmarks/run_all.py`.",
+             "function. TFLOP/s come from XLA's cost analysis. Generated by `python -m benchmarks.run_all`.",
              "", "Commands:", ""]
     parts += [f"- `{c}`" for c in commands]
     if notes:

@@ -1,9 +1,9 @@
 """Images/s and peak memory of the IEDP train step (both branches, forward + backward + AdamW),
-ours (jitted JAX) and its PyTorch reference (benchmarks/torch_train_step.py) on the same device
+ours (jitted JAX) and its PyTorch reference (tests/reference/torch_iedp.py) on the same device
 in the same process.
 
-  python benchmarks/train_step.py --config configs/smoke_seg.py     # CPU, tiny backbone
-  python benchmarks/train_step.py --config configs/ade.py --config.model.pretrained=... \
+  python -m benchmarks.train_step --config configs/smoke_seg.py     # CPU, tiny backbone
+  python -m benchmarks.train_step --config configs/ade.py --config.model.pretrained=... \
       --config.model.clip_vision=... --config.model.dtype=bfloat16 --config.train.batch_size=2
 
 Any segmentation config works (``--config.x=y`` overrides included; the PyTorch reference
@@ -26,13 +26,13 @@ from pathlib import Path
 if "--no-torch" not in sys.argv:  # leave GPU memory to PyTorch in the same process
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # noqa: E402
+import jax  # noqa: E402 - after the environment variable above, which JAX reads on import
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from iedp_jax.infra import sharding  # noqa: E402
 from iedp_jax.builder import resolve_backbone  # noqa: E402
+from iedp_jax.infra import sharding  # noqa: E402
 from iedp_jax.train import build_trainer  # noqa: E402
 
 
@@ -40,31 +40,31 @@ def bench_torch(cfg, model, heads: dict, workdir: Path, host_batches: list[dict[
                 steps: int) -> dict:
     """Seconds per step, first-step seconds and peak CUDA memory of the PyTorch reference step,
     built like the JAX ``model`` (UNet from the folder, ``heads``: its implicit/adapter/head)."""
-    import torch  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - optional: the reference is skipped with --no-torch
 
-    from benchmarks import torch_train_step as T  # noqa: PLC0415
+    from tests.reference import torch_iedp  # noqa: PLC0415 - imports torch
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True  # XLA's default float32 matmul precision on GPU
     torch.backends.cudnn.allow_tf32 = True
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
     sd, clip = resolve_backbone(cfg, workdir)
-    ref = T.load_reference(sd, clip, model.config, model.prompts, device=dev, dtype=dtype)
-    T.copy_jax_params(ref, heads)
-    opt, schedule = T.make_optimizer(ref, cfg.optim, int(cfg.train.total_steps))
-    batches = [T.to_torch_batch(b, dev) for b in host_batches]
+    ref = torch_iedp.load_reference(sd, clip, model.config, model.prompts, device=dev, dtype=dtype)
+    torch_iedp.copy_jax_params(ref, heads)
+    opt, schedule = torch_iedp.make_optimizer(ref, cfg.optim, int(cfg.train.total_steps))
+    batches = [torch_iedp.to_torch_batch(b, dev) for b in host_batches]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     clip_norm = float(cfg.optim.clip_grad_norm or 0.0)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    m = T.train_step(ref, opt, schedule, batches[0], 0, clip_norm)
+    m = torch_iedp.train_step(ref, opt, schedule, batches[0], 0, clip_norm)
     float(m["loss"])
     sync()
     first = time.perf_counter() - start
     start = time.perf_counter()
     for s in range(steps):
-        m = T.train_step(ref, opt, schedule, batches[s % 2], s + 1, clip_norm)
+        m = torch_iedp.train_step(ref, opt, schedule, batches[s % 2], s + 1, clip_norm)
     float(m["loss"])
     sync()
     sec = (time.perf_counter() - start) / steps
@@ -73,9 +73,6 @@ def bench_torch(cfg, model, heads: dict, workdir: Path, host_batches: list[dict[
 
 
 def main() -> None:
-    from absl import flags  # noqa: PLC0415
-    from ml_collections import config_flags  # noqa: PLC0415
-
     config = config_flags.DEFINE_config_file("config", "configs/smoke_seg.py", "config file")
     steps = flags.DEFINE_integer("steps", 10, "timed steps after the first (compiling) one")
     no_torch = flags.DEFINE_bool("no-torch", False, "skip the PyTorch reference")

@@ -3,8 +3,8 @@
 Both run the same random weights on the same inputs and device. Prints images/s for each, the
 ratio, peak memory and (for JAX) the FLOP/s from XLA's cost analysis.
 
-  python benchmarks/unet.py --config tiny --batch 4 --size 256          # CPU, small UNet
-  python benchmarks/unet.py --config sd15 --batch 8 --size 512 --dtype bfloat16   # GPU
+  python -m benchmarks.unet --config tiny --batch 4 --size 256          # CPU, small UNet
+  python -m benchmarks.unet --config sd15 --batch 8 --size 512 --dtype bfloat16   # GPU
 
 ``--config sd15`` builds the full SD 1.5 UNet from ../shared/sd15_configs.json (or
 benchmarks/sd15_unet_config.json) with random weights. ``--no-torch`` skips the reference.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet  # noqa: E402
+from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet
 
 TINY = dict(
     sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
@@ -80,8 +77,8 @@ def bench_jax(cfg: dict, batch: int, size: int, dtype, iters: int) -> dict:
 
 
 def bench_torch(cfg: dict, batch: int, size: int, dtype: str, iters: int) -> dict:
-    import torch
-    from diffusers import UNet2DConditionModel as TorchUNet
+    import torch  # noqa: PLC0415 - optional: the reference is skipped with --no-torch
+    from diffusers import UNet2DConditionModel as TorchUNet  # noqa: PLC0415 - imports torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]

@@ -10,7 +10,7 @@ sliding-window protocol of ``python -m iedp_jax.evaluate``. Batch 16 over all de
 add ``--config.model.dtype=bfloat16`` (and ``--config.model.remat=True`` if memory is short).
 """
 
-from iedp_jax.config_defaults import base_config
+from iedp_jax.config import base_config
 
 
 def get_config():

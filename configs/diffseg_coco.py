@@ -12,13 +12,8 @@ Peers: MaskCLIP 20.6, ProxyCLIP 39.1, CaR 37.5. The prompt template is the origi
 "a photography of {}". Options as in configs/diffseg_voc.py (captions, sweep, oracle, bfloat16).
 """
 
-from diffseg_jax.evaluate import default_config
+from diffseg_jax.config import default_config
 
 
 def get_config():
-    c = default_config("coco")
-    c.data.name = "coco"
-    c.diffseg.image_size = 512
-    c.filtering.mode = "clip"
-    c.published_miou = 37.9
-    return c
+    return default_config("coco")  # the paper's settings and this dataset's published mIoU

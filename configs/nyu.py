@@ -10,7 +10,7 @@ the gain is on RMSE), evaluated with the Eigen crop, depth in (1e-3, 10], two 48
 and flip (``python -m iedp_jax.evaluate``). 25 epochs of 24,231 images at batch 24.
 """
 
-from iedp_jax.config_defaults import base_config
+from iedp_jax.config import base_config
 
 
 def get_config():

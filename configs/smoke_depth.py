@@ -5,7 +5,7 @@
 The explicit branch prompts with the scene name; expect a small RMSE on the validation split.
 """
 
-from iedp_jax.config_defaults import base_config
+from iedp_jax.config import base_config
 
 
 def get_config():

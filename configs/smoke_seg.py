@@ -6,7 +6,7 @@ Writes the tiny backbone (real diffusers/HF layout) into the workdir, trains bot
 and evaluates the implicit branch on the synthetic validation split; expect mIoU >= 0.9.
 """
 
-from iedp_jax.config_defaults import base_config
+from iedp_jax.config import base_config
 
 
 def get_config():

@@ -1,4 +1,4 @@
-"""DiffSegmenter's attention arithmetic as pure, jittable functions (steps 3-5 of DESIGN.md 4).
+"""DiffSegmenter's attention arithmetic and resizes as pure, jittable functions (steps 3-5 of DESIGN.md 4).
 
 Maps come from :func:`iedp_jax.sd.attention_maps`: ``{diffusers module path: [N, Q, K]}``
 head-averaged probabilities, Q = side*side in row-major order, K = the context length (77) for
@@ -6,7 +6,9 @@ cross-attention (``...attn2``) and Q for self-attention (``...attn1``). N is the
 UNet call (images x candidate classes).
 
 Resizing is bilinear with half-pixel centres and no antialiasing, which is what the original's
-``F.interpolate(mode='bilinear', align_corners=False)`` computes.
+``F.interpolate(mode='bilinear', align_corners=False)`` computes: to a static size with
+:func:`iedp_jax.sd.layers.resize_bilinear` (:func:`resize`), and with a per-image scale inside a
+fixed canvas (:func:`resize_regions`, :func:`maps_to_canvas`) for batches of images of several sizes.
 """
 
 from __future__ import annotations
@@ -17,37 +19,63 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from iedp_jax.sd.attention import CROSS, SELF, maps_by_side, mean_map
+from iedp_jax.sd.layers import resize_bilinear
+
 DEFAULT_EPS = 1e-12
 
 
-def _side(q: int, path: str) -> int:
-    side = math.isqrt(q)
-    if side * side != q:
-        raise ValueError(f"attention map {path!r} has {q} queries, not a square feature map.")
-    return side
-
-
-def _is_self(path: str) -> bool:
-    return path.endswith("attn1")
-
-
-def maps_by_side(maps: Mapping[str, jax.Array], kind: str) -> dict[int, list[jax.Array]]:
-    """Groups the ``kind`` ("self": paths ending in ``attn1``; "cross": all others) maps by side."""
-    out: dict[int, list[jax.Array]] = {}
-    for path in sorted(maps):
-        if _is_self(path) != (kind == "self"):
-            continue
-        m = maps[path]
-        out.setdefault(_side(m.shape[1], path), []).append(m)
-    return out
-
-
 def resize(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
-    """Bilinear resize of the last two axes (half-pixel centres, no antialiasing)."""
-    shape = x.shape[:-2] + tuple(out_hw)
-    if shape == x.shape:
-        return x
-    return jax.image.resize(x, shape, method="bilinear", antialias=False)
+    """Bilinear resize of the last two axes: [..., h, w] -> [..., H, W]."""
+    lead, hw = x.shape[:-2], x.shape[-2:]
+    y = resize_bilinear(x.reshape((-1,) + hw)[..., None], out_hw)  # [N, H, W, 1]
+    return y.reshape(lead + tuple(out_hw))
+
+
+def _scale_each(x: jax.Array, out_hw: tuple[int, int], scale: jax.Array) -> jax.Array:
+    """x [N, H, W, ...] -> float32 [N, *out_hw, ...], each x[n] scaled by ``scale[n]`` [2] about
+    the top-left corner (bilinear, half-pixel centres, no antialiasing; reads past the edge clamp)."""
+    def one(img, s):
+        return jax.image.scale_and_translate(img.astype(jnp.float32), tuple(out_hw) + img.shape[2:], (0, 1), s,
+                                             jnp.zeros(2, jnp.float32), method="linear", antialias=False)
+
+    return jax.vmap(one)(x, scale.astype(jnp.float32))
+
+
+def resize_regions(x: jax.Array, hw: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """Resizes the top-left ``hw[n]`` region of each edge-padded canvas ``x[n]`` to ``out_hw``.
+
+    x [N, Hc, Wc, ...] (any dtype), hw [N, 2] int -> float32 [N, *out_hw, ...]: the same samples
+    as resizing the unpadded image (the edge padding repeats the last row / column, as the clamp).
+    """
+    return _scale_each(x, out_hw, jnp.asarray(out_hw, jnp.float32) / hw.astype(jnp.float32))
+
+
+def _region(hw: jax.Array, canvas_hw: tuple[int, int]) -> jax.Array:
+    """[N, Hc, Wc] bool: True inside each image's top-left ``hw`` region."""
+    ys = jnp.arange(canvas_hw[0])[None, :, None]
+    xs = jnp.arange(canvas_hw[1])[None, None, :]
+    return (ys < hw[:, 0, None, None]) & (xs < hw[:, 1, None, None])
+
+
+def maps_to_canvas(maps: jax.Array, hw: jax.Array, canvas_hw: tuple[int, int], eps: float = DEFAULT_EPS
+                   ) -> jax.Array:
+    """Maps -> each image's size inside a fixed canvas, min-max normalised there.
+
+    Args:
+      maps: [N, s, s] (any values).
+      hw: [N, 2] int, each map's image size (H_i, W_i) <= canvas.
+      canvas_hw: static (Hc, Wc).
+
+    Returns:
+      [N, Hc, Wc] float32: inside ``[:H_i, :W_i]`` exactly ``minmax(resize(maps, (H_i, W_i)))``,
+      0 outside.
+    """
+    out = _scale_each(maps, canvas_hw, hw.astype(jnp.float32) / jnp.asarray(maps.shape[-2:], jnp.float32))
+    inside = _region(hw, canvas_hw)
+    lo = jnp.where(inside, out, jnp.inf).min(axis=(1, 2), keepdims=True)
+    hi = jnp.where(inside, out, -jnp.inf).max(axis=(1, 2), keepdims=True)
+    return jnp.where(inside, (out - lo) / jnp.maximum(hi - lo, eps), 0.0)
 
 
 def minmax_normalize(x: jax.Array, ndim: int = 2, eps: float = DEFAULT_EPS) -> jax.Array:
@@ -80,14 +108,13 @@ def aggregate_cross(maps: Mapping[str, jax.Array], token_weights: jax.Array,
     Raises:
       ValueError: a requested side has no cross-attention map.
     """
-    by_side = maps_by_side(maps, "cross")
+    by_side = maps_by_side(maps, CROSS)
     total = None
     for side, weight in sorted(resolutions.items()):
         if side not in by_side:
             raise ValueError(f"no cross-attention map at {side}x{side} (have {sorted(by_side)}): "
                              "drop that resolution or capture it.")
-        layers = by_side[side]
-        mean = sum(m.astype(jnp.float32) for m in layers) / len(layers)  # [N, Q, L]
+        mean = mean_map(by_side[side])  # [N, Q, L]
         a = jnp.einsum("nql,nl->nq", mean, token_weights.astype(jnp.float32),
                        precision=jax.lax.Precision.HIGHEST)
         a = resize(a.reshape(a.shape[0], side, side), (out_side, out_side))
@@ -100,14 +127,10 @@ def aggregate_cross(maps: Mapping[str, jax.Array], token_weights: jax.Array,
 
 def mean_self_attention(maps: Mapping[str, jax.Array], side: int, dtype=jnp.float32) -> jax.Array:
     """Mean of every self-attention map at ``side``: [N, side*side, side*side] in ``dtype``."""
-    layers = maps_by_side(maps, "self").get(side)
-    if not layers:
-        raise ValueError(f"no self-attention map at {side}x{side} "
-                         f"(have {sorted(maps_by_side(maps, 'self'))}).")
-    total = layers[0].astype(jnp.float32)
-    for m in layers[1:]:
-        total = total + m.astype(jnp.float32)
-    return (total / len(layers)).astype(dtype)
+    by_side = maps_by_side(maps, SELF)
+    if side not in by_side:
+        raise ValueError(f"no self-attention map at {side}x{side} (have {sorted(by_side)}).")
+    return mean_map(by_side[side], dtype)
 
 
 def refine(self_attn: jax.Array, cross: jax.Array) -> jax.Array:
@@ -126,10 +149,9 @@ def refine(self_attn: jax.Array, cross: jax.Array) -> jax.Array:
     return m.reshape(n, side, side)
 
 
-def class_maps_from_attention(cross_maps: Mapping[str, jax.Array], self_attn: jax.Array,
-                              token_weights: jax.Array, resolutions: Mapping[int, float],
-                              out_hw: tuple[int, int], eps: float = DEFAULT_EPS) -> jax.Array:
-    """Steps 3-4 end to end: aggregate, refine, resize to ``out_hw``, min-max normalise per map.
+def refined_maps(cross_maps: Mapping[str, jax.Array], self_attn: jax.Array, token_weights: jax.Array,
+                 resolutions: Mapping[int, float], eps: float = DEFAULT_EPS) -> jax.Array:
+    """Steps 3-4 at the refinement side: :func:`aggregate_cross` then :func:`refine`.
 
     Args:
       cross_maps: ``{path: [N, Q_s, L]}`` (self entries ignored).
@@ -137,11 +159,17 @@ def class_maps_from_attention(cross_maps: Mapping[str, jax.Array], self_attn: ja
       token_weights: [N, L].
 
     Returns:
-      [N, H, W] float32 in [0, 1].
+      [N, side, side] float32 (not normalised).
     """
     side = math.isqrt(self_attn.shape[-1])
-    a = aggregate_cross(cross_maps, token_weights, resolutions, side, eps)
-    m = resize(refine(self_attn, a), out_hw)
+    return refine(self_attn, aggregate_cross(cross_maps, token_weights, resolutions, side, eps))
+
+
+def class_maps_from_attention(cross_maps: Mapping[str, jax.Array], self_attn: jax.Array,
+                              token_weights: jax.Array, resolutions: Mapping[int, float],
+                              out_hw: tuple[int, int], eps: float = DEFAULT_EPS) -> jax.Array:
+    """:func:`refined_maps` resized to ``out_hw`` and min-max normalised per map: [N, H, W] in [0, 1]."""
+    m = resize(refined_maps(cross_maps, self_attn, token_weights, resolutions, eps), out_hw)
     return minmax_normalize(m, 2, eps)
 
 
@@ -162,5 +190,5 @@ def label_map(class_maps: jax.Array, valid: jax.Array, threshold: float | jax.Ar
     return jnp.argmax(jnp.concatenate([bg, scores], axis=1), axis=1).astype(jnp.int32)
 
 
-__all__ = ["aggregate_cross", "class_maps_from_attention", "label_map", "maps_by_side", "mean_self_attention",
-           "minmax_normalize", "refine", "resize"]
+__all__ = ["aggregate_cross", "class_maps_from_attention", "label_map", "maps_to_canvas", "mean_self_attention",
+           "minmax_normalize", "refine", "refined_maps", "resize", "resize_regions"]

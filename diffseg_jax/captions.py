@@ -11,6 +11,10 @@ has on disk and writes JSON lines ``{"image": "<file name>", "caption": "..."}``
 
 This is the only module that runs a PyTorch model; ``transformers`` and ``torch`` are imported
 inside :func:`write_captions`, so the rest of the library never needs them.
+
+User errors (a missing image folder, model folder or list file, transformers / torch not
+installed) are :class:`~iedp_jax.infra.errors.UserError`; the command line prints their one
+sentence after ``error:`` and exits with status 1.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image
+
+from iedp_jax.infra.errors import DatasetError, InputError, MissingDependency, UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 __all__ = ["IMAGE_SUFFIXES", "list_images", "main", "write_captions"]
@@ -31,21 +39,21 @@ def list_images(images_dir: str | os.PathLike, names: Sequence[str] | None = Non
     """The image files of a folder (sorted), or the listed ones (file names or stems + ``.jpg``).
 
     Raises:
-      FileNotFoundError: a missing folder, no image in it, or a listed image that is missing.
+      DatasetError: a missing folder, no image in it, or a listed image that is missing.
     """
     folder = Path(images_dir).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"the image folder {str(folder)!r} does not exist.")
+        raise DatasetError(f"the image folder {str(folder)!r} does not exist.")
     if names is None:
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     else:
         files = [folder / (n if Path(n).suffix else f"{n}.jpg") for n in names]
         missing = [p for p in files if not p.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} listed image(s) are not in {str(folder)!r}, "
+            raise DatasetError(f"{len(missing)} listed image(s) are not in {str(folder)!r}, "
                                     f"the first is {missing[0].name}.")
     if not files:
-        raise FileNotFoundError(f"the image folder {str(folder)!r} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
+        raise DatasetError(f"the image folder {str(folder)!r} holds no image ({', '.join(IMAGE_SUFFIXES)}).")
     return files
 
 
@@ -66,23 +74,23 @@ def write_captions(images_dir: str | os.PathLike, out_jsonl: str | os.PathLike, 
       device: a torch device ("cuda", "cpu"); default cuda when available.
 
     Raises:
-      FileNotFoundError: the image folder or the model folder is missing (one sentence).
-      ImportError: transformers or torch is not installed.
+      DatasetError: the image folder is missing or has no image (one sentence).
+      InputError: the model folder is missing.
+      MissingDependency: transformers or torch is not installed.
     """
     files = list_images(images_dir, names)
     model_dir = Path(model_path).expanduser()
     if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"the BLIP model folder {str(model_dir)!r} does not exist or has no config.json: save a captioning model "
             "there with BlipForConditionalGeneration.from_pretrained(...).save_pretrained(folder) (and its "
             "BlipProcessor).")
-    try:
-        import torch  # noqa: PLC0415
-        from transformers import BlipForConditionalGeneration, BlipProcessor  # noqa: PLC0415
+    try:  # optional and heavy: only captioning needs them
+        import torch
+        from transformers import BlipForConditionalGeneration, BlipProcessor
     except ImportError as e:
-        raise ImportError(f"captioning needs transformers and torch, which are not installed ({e}): "
-                          "pip install transformers torch.") from None
-    from PIL import Image  # noqa: PLC0415
+        raise MissingDependency(f"captioning needs transformers and torch, which are not installed ({e}): "
+                                "pip install transformers torch.") from None
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -122,11 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             lst = Path(args.list).expanduser()
             if not lst.is_file():
-                raise FileNotFoundError(f"the list file {str(lst)!r} does not exist.")
+                raise InputError(f"the list file {str(lst)!r} does not exist.")
             names = [line.split()[0] for line in lst.read_text().splitlines() if line.strip()]
         n = write_captions(args.images, args.out, args.model, prompt=args.prompt, names=names,
                            batch_size=args.batch_size)
-    except (FileNotFoundError, ImportError) as e:
+    except UserError as e:  # anything else is a bug: keep its traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {n} captions to {args.out}")

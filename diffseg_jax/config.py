@@ -1,10 +1,14 @@
-"""Every constant of DiffSegmenter (Wang et al., IEEE TIP 2025, arXiv 2309.02773) in one place.
+"""Every constant of DiffSegmenter (Wang et al., IEEE TIP 2025, arXiv 2309.02773) in one place, and
+the ml_collections schema of ``python -m diffseg_jax.evaluate`` built from them.
 
 Resolutions are given relative to the latent, so one config serves any input size: a
-cross-attention entry ``(stride, weight)`` means the feature map whose side is
-``latent_side // stride``. For SD 1.5 at 512 px (latent 64x64) the defaults are the paper's
-8/16/32/64 with weights 0.3/0.5/0.1/0.1 and self-attention at 64; for the tiny 3-level test UNet
-at 64 px (latent 8x8) the same config asks for sides 1/2/4/8, of which 2/4/8 exist.
+cross-attention entry ``(stride, weight)`` means the UNet feature map ``stride`` times coarser than
+the latent. For SD 1.5 at 512 px (latent 64x64) the defaults are the paper's 8/16/32/64 with
+weights 0.3/0.5/0.1/0.1 and self-attention at 64; for the tiny 3-level test UNet at 64 px (latent
+8x8) the same config asks for sides 1/2/4/8, of which 2/4/8 exist.
+
+Defaults are stated once: :class:`DiffSegConfig` and the filtering constants below; the schema
+(:func:`default_config`) copies them and :func:`diffseg_config` maps it back.
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from diffseg_jax.datasets import benchmark
+from iedp_jax.infra.errors import ConfigError
+from iedp_jax.sd.unet import downsampled_side
 
 VOC_TEMPLATE = "a photograph of {}"
 CONTEXT_TEMPLATE = "a photography of {}"  # sic: the original's Pascal-Context / COCO prompt
@@ -20,21 +29,21 @@ TEMPLATES: tuple[tuple[str, str], ...] = (
     ("context", CONTEXT_TEMPLATE),
     ("coco", CONTEXT_TEMPLATE),
 )
-SELF_ATTN_DTYPES = ("float32", "bfloat16")
+# Compute / storage dtypes by config name.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Category filtering (diffseg_jax.filtering).
+CLIP_TEMPLATE = "A photo of a {}"
+RATIO = 0.97
+NOUN_THRESHOLD = 0.8
+# clip: the CLIP filter (+ caption nouns); all: every class; given: a given list per image (the
+# evaluator gives each image's ground-truth classes: an oracle upper bound).
+FILTER_MODES = ("clip", "all", "given")
+DATA_FORMATS = ("tfds", "folders")
 
 
-def feature_side(latent_side: int, stride: int) -> int:
-    """Side of the UNet feature map ``stride`` times coarser than the latent.
-
-    A power-of-two stride halves the side with rounding up, as the UNet's padded stride-2
-    convolutions do (a 60-wide latent gives 30, 15, 8); other strides divide (floor, at least 1).
-    """
-    if stride & (stride - 1) == 0:
-        side = latent_side
-        while stride > 1:
-            side, stride = -(-side // 2), stride // 2
-        return side
-    return max(latent_side // stride, 1)
+def _power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +58,11 @@ class DiffSegConfig:
       timestep: the diffusion timestep of the single UNet call (100).
       noise_seed: default seed of the one noise draw per image **(ours: the original draws
         unseeded)**; the image's index is folded into the key.
-      cross_resolutions: ``(latent stride, weight)`` pairs; the cross-attention maps of the
-        layers on the ``latent_side // stride`` feature map are averaged and weighted
+      cross_resolutions: ``(latent stride, weight)`` pairs (power-of-two strides); the
+        cross-attention maps of the layers on that feature map are averaged and weighted
         (8:0.3, 16:0.5, 32:0.1, 64:0.1 for a 512 input).
-      self_attn_stride: the self-attention maps on the ``latent_side // stride`` feature map
-        refine the cross map (1: 64x64 for a 512 input); this is also the side the cross maps
-        are upsampled to.
+      self_attn_stride: the self-attention maps on that feature map refine the cross map (1:
+        64x64 for a 512 input); this is also the side the cross maps are upsampled to.
       strict_resolutions: when False, a configured cross-attention resolution that the UNet does
         not have at this input size is dropped (the tiny 3-level UNet has no 1x1 level); when
         True it is an error. At least one must remain either way.
@@ -69,6 +77,9 @@ class DiffSegConfig:
       self_attn_dtype: dtype of the running mean of the self-attention maps ("float32" or
         "bfloat16": halves the [N, Q, Q] buffer at a small precision cost).
       eps: floor of the range in min-max normalisation (a constant map becomes 0, not NaN).
+
+    Raises:
+      ConfigError: a value out of range (the message says which).
     """
 
     image_size: int = 512
@@ -92,45 +103,118 @@ class DiffSegConfig:
                            tuple((int(s), float(w)) for s, w in self.cross_resolutions))
         object.__setattr__(self, "templates", tuple((str(k), str(v)) for k, v in self.templates))
         if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {self.image_size}.")
+            raise ConfigError(f"image_size must be positive, got {self.image_size}.")
         if not self.cross_resolutions:
-            raise ValueError("cross_resolutions must name at least one (stride, weight) pair.")
+            raise ConfigError("cross_resolutions must name at least one (stride, weight) pair.")
         strides = [s for s, _ in self.cross_resolutions]
-        if len(set(strides)) != len(strides) or min(strides) < 1:
-            raise ValueError(f"cross_resolutions strides must be distinct and >= 1, got {strides}.")
-        if self.self_attn_stride < 1:
-            raise ValueError(f"self_attn_stride must be >= 1, got {self.self_attn_stride}.")
-        if self.self_attn_dtype not in SELF_ATTN_DTYPES:
-            raise ValueError(f"self_attn_dtype {self.self_attn_dtype!r} is not one of {SELF_ATTN_DTYPES}.")
+        if len(set(strides)) != len(strides) or not all(map(_power_of_two, strides)):
+            raise ConfigError(f"cross_resolutions strides must be distinct powers of two, got {strides}.")
+        if not _power_of_two(self.self_attn_stride):
+            raise ConfigError(f"self_attn_stride must be a power of two, got {self.self_attn_stride}.")
+        if self.self_attn_dtype not in DTYPES:
+            raise ConfigError(f"self_attn_dtype {self.self_attn_dtype!r} is not one of {', '.join(DTYPES)}.")
         for name, template in self.templates:
             if template.count("{}") != 1:
-                raise ValueError(f"template {name!r} = {template!r} must contain '{{}}' exactly once.")
+                raise ConfigError(f"template {name!r} = {template!r} must contain '{{}}' exactly once.")
         if self.dataset not in dict(self.templates):
-            raise ValueError(f"dataset {self.dataset!r} has no template (known: {sorted(dict(self.templates))}).")
+            raise ConfigError(f"dataset {self.dataset!r} has no template (known: {sorted(dict(self.templates))}).")
 
     def template(self, dataset: str | None = None) -> str:
         """The prompt template of ``dataset`` (default: ``self.dataset``)."""
         table = dict(self.templates)
         name = self.dataset if dataset is None else dataset
         if name not in table:
-            raise KeyError(f"no prompt template for dataset {name!r} (known: {sorted(table)}).")
+            raise ConfigError(f"no prompt template for dataset {name!r} (known: {sorted(table)}).")
         return table[name]
 
     def cross_weights(self, latent_side: int) -> dict[int, float]:
         """``{feature side: weight}`` for a latent of this side (all configured entries)."""
         out: dict[int, float] = {}
         for stride, weight in self.cross_resolutions:
-            side = feature_side(latent_side, stride)
+            side = downsampled_side(latent_side, stride)
             out[side] = out.get(side, 0.0) + weight
         return out
 
     def self_side(self, latent_side: int) -> int:
         """Side of the self-attention maps used for refinement (64 for a 512 input)."""
-        return feature_side(latent_side, self.self_attn_stride)
+        return downsampled_side(latent_side, self.self_attn_stride)
 
     @property
     def self_attn_jnp_dtype(self):
-        return jnp.bfloat16 if self.self_attn_dtype == "bfloat16" else jnp.float32
+        return DTYPES[self.self_attn_dtype]
 
 
-__all__ = ["CONTEXT_TEMPLATE", "DiffSegConfig", "TEMPLATES", "VOC_TEMPLATE", "feature_side"]
+# ----------------------------------------------------------------------------------------------
+# The evaluation schema (configs/diffseg_*.py).
+
+# The DiffSegConfig fields a config file sets (config.diffseg.<field>); ``dataset`` is data.name.
+SCHEMA_FIELDS = ("image_size", "timestep", "noise_seed", "token_weight", "threshold", "cross_resolutions",
+                 "self_attn_stride", "strict_resolutions", "ing_rule", "self_attn_dtype")
+
+
+def default_config(dataset: str = "voc") -> ConfigDict:
+    """Every key ``python -m diffseg_jax.evaluate`` reads, with the paper's settings for ``dataset``."""
+    published = benchmark(dataset).published_miou
+    defaults = DiffSegConfig()
+    c = ConfigDict()
+    c.pretrained = ""            # Stable Diffusion 1.5 folder (diffusers layout)
+    c.dtype = "float32"          # compute dtype of the UNet / VAE / text encoder: float32 | bfloat16
+    c.data = ConfigDict({
+        "name": dataset,         # voc | context | coco
+        "data_dir": "",          # the folder holding the dataset (see diffseg_jax.datasets)
+        "split": "",             # '' = the validation split (val; val2017 for coco)
+        "num_images": 0,         # evaluate the first N images only; 0 = all
+        "format": "tfds",        # tfds (prepared array_record copy, built on first use) | folders
+        "tfds_dir": "",          # where tfds prepares and reads it; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+        "num_workers": -1,       # image decoding threads per process; -1 = one per core (at most 16)
+    })
+    c.diffseg = ConfigDict({f: getattr(defaults, f) for f in SCHEMA_FIELDS})
+    c.filtering = ConfigDict({
+        "mode": "clip",          # clip | all | given (given = each image's ground-truth classes: an oracle)
+        "clip_path": "",         # full CLIP folder (openai/clip-vit-large-patch14 saved locally), mode clip
+        "ratio": RATIO,
+        "noun_threshold": NOUN_THRESHOLD,
+        "template": CLIP_TEMPLATE,
+    })
+    c.captions = ""              # JSON lines {"image": "<file name>", "caption": ...}: prompts + noun filter
+    c.eval = ConfigDict({
+        "batch_size": 0,         # images per step over all devices; 0 = one per device
+        "classes_per_call": 8,   # K: candidate classes per UNet call (batch_size x K UNet rows); 0 = all
+        "sweep_thresholds": (),  # e.g. (0.3, 0.35, ..., 0.7): reported apart, as threshold_sweep
+    })
+    c.mesh = ConfigDict({"shape": (-1, 1)})
+    c.published_miou = published  # %, for the log line and results.json
+    return c
+
+
+def diffseg_config(config: ConfigDict) -> DiffSegConfig:
+    """The :class:`DiffSegConfig` of an evaluation config (its ``diffseg`` section and ``data.name``)."""
+    return DiffSegConfig(**{f: config.diffseg[f] for f in SCHEMA_FIELDS}, dataset=str(config.data.name))
+
+
+def jnp_dtype(name: str, key: str = "dtype"):
+    """The jnp dtype of a config name (:data:`DTYPES`)."""
+    if str(name) not in DTYPES:
+        raise ConfigError(f"{key}={name!r} is not one of {', '.join(DTYPES)}.")
+    return DTYPES[str(name)]
+
+
+def filter_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`FILTER_MODES`."""
+    if mode not in FILTER_MODES:
+        raise ConfigError(f"filtering.mode {mode!r} is not one of {', '.join(FILTER_MODES)}.")
+    return mode
+
+
+def global_batch_size(batch_size: int, devices: int) -> int:
+    """Images per step over all devices: ``batch_size``, or one per device for 0."""
+    b = int(batch_size) or devices
+    if b < 1 or b % devices:
+        raise ConfigError(f"eval.batch_size={batch_size} must be a multiple of the {devices} devices "
+                          "(0 = one image per device).")
+    return b
+
+
+__all__ = ["CLIP_TEMPLATE", "CONTEXT_TEMPLATE", "DATA_FORMATS", "DTYPES", "FILTER_MODES", "NOUN_THRESHOLD", "RATIO",
+           "SCHEMA_FIELDS", "TEMPLATES", "VOC_TEMPLATE", "DiffSegConfig", "default_config", "diffseg_config",
+           "filter_mode", "global_batch_size", "jnp_dtype"]

@@ -18,10 +18,12 @@ prepositions, auxiliaries, numbers and a few caption fillers such as "photo", "p
 a noun. No part-of-speech tagger: verbs and adjectives also pass, and rarely reach the 0.8
 similarity to a class name.
 
-Modes of :func:`candidate_classes`: ``'clip'`` (the rule above), ``'all'`` (every class),
-``'given'`` (a user list). The CLIP model is our Flax CLIP (:mod:`iedp_jax.sd.clip`) loaded from a
-full ``CLIPModel`` folder (``openai/clip-vit-large-patch14`` saved with ``save_pretrained``):
-both towers, both projections, and the tokenizer files in the same folder (or ``tokenizer/``).
+Modes of :func:`candidate_classes` (:data:`~diffseg_jax.config.FILTER_MODES`): ``'clip'`` (the
+rule above), ``'all'`` (every class), ``'given'`` (a given list per image; the evaluator gives
+each image's ground-truth classes, an oracle upper bound). The CLIP model is our Flax CLIP
+(:mod:`iedp_jax.sd.clip`) loaded from a full ``CLIPModel`` folder
+(``openai/clip-vit-large-patch14`` saved with ``save_pretrained``): both towers, both
+projections, and the tokenizer files in the same folder (or ``tokenizer/``).
 
 Host/device split: images are resized (shorter side, bicubic) and centre-cropped on the host
 with PIL exactly as transformers' ``CLIPImageProcessor``; the towers, the logits, the ratio rule
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import os
 import re
 from collections.abc import Sequence
@@ -43,17 +46,15 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from diffseg_jax.config import CLIP_TEMPLATE, NOUN_THRESHOLD, RATIO, filter_mode
+from iedp_jax.infra.errors import ConfigError
 from iedp_jax.sd import Tokenizer, load_clip_text, load_clip_vision, load_tokenizer
-from iedp_jax.sd.clip import CLIP_MEAN, CLIP_STD, CLIPTextTransformer, CLIPVisionTransformer
+from iedp_jax.sd.clip import CLIPTextTransformer, CLIPVisionTransformer, clip_preprocess
 from iedp_jax.sd.weights import WeightsError
 
 Params = dict[str, Any]
 
-CLIP_TEMPLATE = "A photo of a {}"
-RATIO = 0.97
-NOUN_THRESHOLD = 0.8
 LOGIT_SCALE = 100.0
-MODES = ("clip", "all", "given")
 
 STOPWORDS = frozenset("""
 a an the this that these those there here it its it's they them their theirs he him his she her hers
@@ -67,11 +68,10 @@ should may might must
 what which who whom whose when where why how
 two three four five six seven eight nine ten several lot lots
 photo photograph photography picture image view close closeup shot front top side back left right
-""".split())
+""".split())  # noqa: SIM905 - one word list, easier to read as text
 
-__all__ = ["CLIPFilter", "CLIP_TEMPLATE", "LOGIT_SCALE", "MODES", "NOUN_THRESHOLD", "RATIO", "STOPWORDS",
-           "candidate_classes", "caption_nouns", "clip_crop", "clip_logits", "keep_by_ratio", "load_clip_filter",
-           "similar_labels"]
+__all__ = ["LOGIT_SCALE", "STOPWORDS", "CLIPFilter", "candidate_classes", "caption_nouns", "clip_crop", "clip_logits",
+           "keep_by_ratio", "load_clip_filter", "similar_labels"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,11 +197,8 @@ class CLIPFilter:
 
     @functools.cached_property
     def _image_fn(self):
-        mean = jnp.asarray(CLIP_MEAN, jnp.float32)
-        std = jnp.asarray(CLIP_STD, jnp.float32)
-
-        def fn(params, pixels):  # uint8 [B, S, S, 3]
-            x = (pixels.astype(jnp.float32) / 255.0 - mean) / std
+        def fn(params, pixels):  # uint8 [B, S, S, 3], already S = image_size: only the mean/std apply
+            x = clip_preprocess(pixels.astype(jnp.float32) / 255.0, self.image_size)
             return self.vision.apply({"params": params}, x).image_embeds
 
         return jax.jit(fn)
@@ -309,7 +306,7 @@ def load_clip_filter(path: str | os.PathLike, *, template: str = CLIP_TEMPLATE, 
       WeightsError: missing folder / files, or a CLIP without one of the two projections.
     """
     if "{}" not in template:
-        raise ValueError(f"the CLIP label template {template!r} must contain '{{}}'.")
+        raise ConfigError(f"the CLIP label template {template!r} must contain '{{}}'.")
     vision, vparams = load_clip_vision(path, dtype=dtype)
     text, tparams = load_clip_text(path, dtype=dtype)
     if not (vision.config.with_projection and text.config.with_projection):
@@ -328,36 +325,40 @@ def candidate_classes(mode: str, class_names: Sequence[str], num_images: int, *,
                       images: Sequence[np.ndarray] | None = None, given: Sequence | None = None,
                       clip_filter: CLIPFilter | None = None, params: Params | None = None,
                       captions: Sequence[str | None] | None = None) -> list[list[int]]:
-    """Candidate classes (indices into ``class_names``) of ``num_images`` images.
+    """Candidate classes (sorted indices into ``class_names``) of ``num_images`` images.
 
     Args:
       mode: 'clip' (needs ``images``, ``clip_filter``, ``params``; ``captions`` optional),
-        'all' (every class for every image) or 'given' (``given``: one list of names for all
-        images, or one list per image; each name must be in ``class_names``).
+        'all' (every class for every image) or 'given' (``given``: one list of classes for all
+        images, or one list per image; a class is a name in ``class_names`` or an index into it).
 
     Raises:
-      ValueError: unknown mode, missing inputs, or a given name not in ``class_names``.
+      ConfigError: unknown mode, or a given class not in ``class_names``.
+      ValueError: the inputs the mode needs are missing.
     """
-    if mode not in MODES:
-        raise ValueError(f"filtering mode {mode!r} is not one of {', '.join(MODES)}.")
+    filter_mode(mode)
     if mode == "all":
         return [list(range(len(class_names))) for _ in range(num_images)]
     if mode == "given":
         if given is None:
-            raise ValueError("filtering mode 'given' needs the list of class names.")
-        per_image = [given] * num_images if all(isinstance(g, str) for g in given) else list(given)
+            raise ValueError("filtering mode 'given' needs the classes of each image.")
+        shared = all(isinstance(g, (str, numbers.Integral)) for g in given)
+        per_image = [given] * num_images if shared else list(given)
         if len(per_image) != num_images:
             raise ValueError(f"{len(per_image)} class lists for {num_images} images.")
-        index = {n: i for i, n in enumerate(class_names)}
-        out = []
-        for names in per_image:
-            unknown = [n for n in names if n not in index]
-            if unknown:
-                raise ValueError(f"given class {unknown[0]!r} is not in the vocabulary.")
-            out.append(sorted({index[n] for n in names}))
-        return out
+        return [sorted({_class_index(c, class_names) for c in classes}) for classes in per_image]
     if images is None or clip_filter is None or params is None:
         raise ValueError("filtering mode 'clip' needs the images, a CLIPFilter and its params.")
     if len(images) != num_images:
         raise ValueError(f"{len(images)} images for num_images={num_images}.")
     return clip_filter.select(params, images, class_names, captions)
+
+
+def _class_index(c: str | int, class_names: Sequence[str]) -> int:
+    if isinstance(c, numbers.Integral):
+        if not 0 <= c < len(class_names):
+            raise ConfigError(f"given class index {c} is outside the vocabulary of {len(class_names)} classes.")
+        return int(c)
+    if c not in class_names:
+        raise ConfigError(f"given class {c!r} is not in the vocabulary.")
+    return list(class_names).index(c)

@@ -10,7 +10,8 @@ Per batch of B images with K candidate classes each (padded, ``valid [B, K]``):
    at the configured resolutions and the self-attention maps at the finest one;
 4. aggregate (:func:`~diffseg_jax.attention.aggregate_cross`), refine with the mean
    self-attention (:func:`~diffseg_jax.attention.refine`), resize to the image, min-max
-   normalise per class;
+   normalise per class (steps 2-4: :meth:`DiffSegmenter.class_maps`, which the evaluator also
+   runs, with the images edge-padded onto a fixed canvas);
 5. argmax against the constant background threshold (:func:`~diffseg_jax.attention.label_map`).
 
 Memory. The self-attention maps at the refinement side are averaged *as they come*: a flax
@@ -21,7 +22,7 @@ until the end); only the running sum (64 MiB per row float32, 32 MiB with
 ``self_attn_dtype='bfloat16'``) is stored. Each captured layer computes its head-averaged
 probabilities one head at a time (``iedp_jax.sd.attention.head_mean_probs``), so its transient is
 one head's float32 [N, 4096, 4096] logits (64 MiB per row) rather than all heads'. Measure the
-compiled peak for a configuration with ``python benchmarks/diffseg.py --memory --classes 1 2 4``
+compiled peak for a configuration with ``python -m benchmarks.diffseg --memory --classes 1 2 4``
 (XLA's memory analysis at SD 1.5 size; nothing is run).
 """
 
@@ -37,28 +38,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffseg_jax.attention import class_maps_from_attention, label_map
+from diffseg_jax.attention import label_map, maps_to_canvas, minmax_normalize, refined_maps, resize, resize_regions
 from diffseg_jax.config import DiffSegConfig
 from diffseg_jax.prompts import ClassPrompts, empty_prompt_ids, encode_class_prompts, upweight_class_tokens
+from iedp_jax.infra.errors import ConfigError
 from iedp_jax.sd import (AttentionCapture, AutoencoderKL, CLIPTextTransformer, NoiseSchedule, Tokenizer,
-                         UNet2DConditionModel, UNetConfig, add_noise, attention_maps, load_clip_text,
-                         load_noise_schedule, load_tokenizer, load_unet, load_vae, scale_latents)
-from iedp_jax.sd.attention import Attention
+                         UNet2DConditionModel, add_noise, attention_maps, load_clip_text, load_noise_schedule,
+                         load_tokenizer, load_unet, load_vae, scale_latents)
+from iedp_jax.sd.attention import Attention, is_self_attention
+from iedp_jax.sd.layers import resize_bilinear
+from iedp_jax.sd.unet import attention_sides
 
 Params = dict[str, Any]
-
-
-def unet_attention_sides(config: UNetConfig, latent_side: int) -> tuple[int, ...]:
-    """Sides of the feature maps that hold (self + cross) attention layers, for a square latent."""
-    n = len(config.block_out_channels)
-    level = [latent_side]
-    for _ in range(n - 1):
-        level.append(-(-level[-1] // 2))  # padded stride-2 convolutions round up
-    sides = {level[i] for i, t in enumerate(config.down_block_types) if t == "CrossAttnDownBlock2D"}
-    if config.mid_block_type is not None:
-        sides.add(level[-1])
-    sides |= {level[n - 1 - i] for i, t in enumerate(config.up_block_types) if t == "CrossAttnUpBlock2D"}
-    return tuple(sorted(sides))
 
 
 class _SelfAttentionMean:
@@ -108,7 +99,7 @@ class DiffSegmenter:
     text: CLIPTextTransformer
     schedule: NoiseSchedule
     empty_ids: tuple[int, ...]
-    config: DiffSegConfig = DiffSegConfig()
+    config: DiffSegConfig = dataclasses.field(default_factory=DiffSegConfig)
     tokenizer: Tokenizer | None = None
 
     # ------------------------------------------------------------------------------------------
@@ -128,20 +119,20 @@ class DiffSegmenter:
         """``{side: weight}`` of the cross-attention resolutions this UNet has at this input size."""
         f = self.vae.config.downsample_factor
         if self.config.image_size % f:
-            raise ValueError(f"image_size {self.config.image_size} is not a multiple of the VAE's "
+            raise ConfigError(f"image_size {self.config.image_size} is not a multiple of the VAE's "
                              f"downsampling factor {f}.")
-        have = set(unet_attention_sides(self.unet.config, self.latent_side))
+        have = set(attention_sides(self.unet.config, self.latent_side))
         wanted = self.config.cross_weights(self.latent_side)
         missing = sorted(set(wanted) - have)
         if missing and self.config.strict_resolutions:
-            raise ValueError(f"the UNet has no attention at sides {missing} for a {self.config.image_size} px "
+            raise ConfigError(f"the UNet has no attention at sides {missing} for a {self.config.image_size} px "
                              f"input (it has {sorted(have)}); set strict_resolutions=False to drop them.")
         kept = {s: w for s, w in wanted.items() if s in have}
         if not kept:
-            raise ValueError(f"none of the cross-attention sides {sorted(wanted)} exists in the UNet for a "
+            raise ConfigError(f"none of the cross-attention sides {sorted(wanted)} exists in the UNet for a "
                              f"{self.config.image_size} px input (it has {sorted(have)}).")
         if self.self_side not in have:
-            raise ValueError(f"the UNet has no self-attention at side {self.self_side} (it has {sorted(have)}).")
+            raise ConfigError(f"the UNet has no self-attention at side {self.self_side} (it has {sorted(have)}).")
         return kept
 
     @property
@@ -162,24 +153,29 @@ class DiffSegmenter:
     # ------------------------------------------------------------------------------------------
     # Device side (pure functions of params and arrays).
 
-    def preprocess(self, images: jax.Array) -> jax.Array:
-        """uint8 [B, H, W, 3] -> float32 [B, S, S, 3] in [-1, 1] (S = image_size, bilinear)."""
+    def preprocess(self, images: jax.Array, image_hw: jax.Array | None = None) -> jax.Array:
+        """uint8 [B, H, W, 3] -> float32 [B, S, S, 3] in [-1, 1] (S = image_size, bilinear).
+
+        ``image_hw`` [B, 2]: each image's size when the images are edge-padded onto one canvas
+        (the resize then reads each image's own region, :func:`~diffseg_jax.attention.resize_regions`).
+        """
         x = images.astype(jnp.float32) / 255.0
         s = self.config.image_size
-        x = jax.image.resize(x, (x.shape[0], s, s, x.shape[-1]), "bilinear", antialias=False)
+        x = resize_bilinear(x, (s, s)) if image_hw is None else resize_regions(x, image_hw, (s, s))
         return 2.0 * x - 1.0
 
-    def encode_latents(self, params: Params, images: jax.Array) -> jax.Array:
+    def encode_latents(self, params: Params, images: jax.Array, image_hw: jax.Array | None = None) -> jax.Array:
         """VAE posterior mean x latent scale: [B, h, w, 4]."""
-        mean, _ = self.vae.apply({"params": params["vae"]}, self.preprocess(images), method="encode")
+        mean, _ = self.vae.apply({"params": params["vae"]}, self.preprocess(images, image_hw), method="encode")
         if self.config.latent_scale is None:
             return scale_latents(self.vae.config, mean)
         return mean * self.config.latent_scale
 
     def noised_latents(self, params: Params, images: jax.Array, rng_seed: jax.Array | int,
-                       image_index: jax.Array | None = None) -> jax.Array:
-        """Latents noised at ``config.timestep``, one draw per image keyed by its index."""
-        z0 = self.encode_latents(params, images)
+                       image_index: jax.Array | None = None, image_hw: jax.Array | None = None) -> jax.Array:
+        """Step 1: latents noised at ``config.timestep``, one draw per image keyed by its index
+        (``image_index`` [B], default ``arange(B)``); ``image_hw`` as in :meth:`preprocess`."""
+        z0 = self.encode_latents(params, images, image_hw)
         b = z0.shape[0]
         index = jnp.arange(b, dtype=jnp.int32) if image_index is None else jnp.asarray(image_index, jnp.int32)
         key = jax.random.PRNGKey(rng_seed)
@@ -195,10 +191,11 @@ class DiffSegmenter:
         return upweight_class_tokens(z, z_empty, class_pos, self.config.token_weight)
 
     def attention(self, params: Params, latents: jax.Array, context: jax.Array
-                  ) -> tuple[dict[str, jax.Array], jax.Array, int]:
-        """One UNet call; returns (cross maps {path: [N, Q, L]}, self-attention sum [N, Q, Q], count).
+                  ) -> tuple[dict[str, jax.Array], jax.Array]:
+        """One UNet call; returns (cross maps {path: [N, Q, L]}, mean self-attention [N, Q, Q]).
 
-        ``latents`` [N, h, w, 4] and ``context`` [N, L, D] share the batch axis N.
+        ``latents`` [N, h, w, 4] and ``context`` [N, L, D] share the batch axis N. The mean is
+        in ``config.self_attn_dtype``.
         """
         acc = _SelfAttentionMean(self.self_side, self.config.self_attn_jnp_dtype)
         t = jnp.full((latents.shape[0],), self.config.timestep, jnp.int32)
@@ -207,8 +204,37 @@ class DiffSegmenter:
                                        capture=self.capture, mutable=["intermediates"])
         if acc.count == 0:
             raise RuntimeError(f"no self-attention layer at side {self.self_side} was recorded.")
-        cross = {p: m for p, m in attention_maps(state).items() if not p.endswith("attn1")}
-        return cross, acc.total, acc.count
+        cross = {p: m for p, m in attention_maps(state).items() if not is_self_attention(p)}
+        mean = acc.total if acc.count == 1 else (acc.total.astype(jnp.float32) / acc.count).astype(acc.total.dtype)
+        return cross, mean
+
+    def class_maps(self, params: Params, latents: jax.Array, prompt_ids: jax.Array, token_weights: jax.Array,
+                   class_pos: jax.Array, out_hw: tuple[int, int], image_hw: jax.Array | None = None) -> jax.Array:
+        """Steps 2-4: the per-class maps of B images from their noised latents (unjitted).
+
+        Args:
+          latents: [B, h, w, 4] from :meth:`noised_latents`.
+          prompt_ids, token_weights, class_pos: [B, K, L].
+          out_hw: static (H, W) of the maps.
+          image_hw: None: each map is resized to ``out_hw``; or [B, 2] int, each image's size
+            inside an ``out_hw`` canvas: the map is resized to it there and is 0 outside
+            (:func:`~diffseg_jax.attention.maps_to_canvas`).
+
+        Returns:
+          [B, K, H, W] float32, min-max normalised per map (over the image's region).
+        """
+        b, k, length = prompt_ids.shape
+        rows = jnp.repeat(latents, k, axis=0)  # [B*K, h, w, 4]: the K classes share their image's latent
+        context = self.text_context(params, prompt_ids.reshape(b * k, length),
+                                    class_pos.reshape(b * k, length).astype(bool))
+        cross, self_mean = self.attention(params, rows, context)
+        maps = refined_maps(cross, self_mean, token_weights.reshape(b * k, length), self.cross_resolutions,
+                            self.config.eps)  # [B*K, s, s]
+        if image_hw is None:
+            maps = minmax_normalize(resize(maps, out_hw), 2, self.config.eps)
+        else:
+            maps = maps_to_canvas(maps, jnp.repeat(image_hw, k, axis=0), out_hw, self.config.eps)
+        return maps.reshape((b, k) + tuple(out_hw))
 
     def apply(self, params: Params, images: jax.Array, prompt_ids: jax.Array, token_weights: jax.Array,
               class_pos: jax.Array, valid: jax.Array, rng_seed: jax.Array | int,
@@ -231,18 +257,10 @@ class DiffSegmenter:
           labels [B, H, W] int32 (0 background, k + 1 class k), class_maps [B, K, H, W] float32
           (per-class min-max normalised, 0 for padding classes).
         """
-        b, h, w, _ = images.shape
-        k, length = prompt_ids.shape[1], prompt_ids.shape[2]
-        latents = self.noised_latents(params, images, rng_seed, image_index)  # [B, h, w, 4]
-        latents = jnp.repeat(latents, k, axis=0)  # [B*K, ...]: the K classes share the latent
-        context = self.text_context(params, prompt_ids.reshape(b * k, length),
-                                    class_pos.reshape(b * k, length).astype(bool))
-        cross, self_sum, count = self.attention(params, latents, context)
-        self_mean = self_sum if count == 1 else (self_sum.astype(jnp.float32) / count).astype(self_sum.dtype)
-        maps = class_maps_from_attention(cross, self_mean, token_weights.reshape(b * k, length),
-                                         self.cross_resolutions, (h, w), self.config.eps)
+        latents = self.noised_latents(params, images, rng_seed, image_index)
+        maps = self.class_maps(params, latents, prompt_ids, token_weights, class_pos, images.shape[1:3])
         valid = valid.astype(bool)
-        maps = jnp.where(valid[:, :, None, None], maps.reshape(b, k, h, w), 0.0)
+        maps = jnp.where(valid[:, :, None, None], maps, 0.0)
         thr = self.config.threshold if threshold is None else threshold
         return label_map(maps, valid, thr), maps
 
@@ -251,23 +269,6 @@ class DiffSegmenter:
         """``jax.jit(self.apply)``: (params, images, prompt_ids, token_weights, class_pos, valid,
         rng_seed, image_index=None, threshold=None) -> (labels, class_maps)."""
         return jax.jit(self.apply)
-
-    def segment_per_class(self, params: Params, images, prompt_ids, token_weights, class_pos, valid,
-                          rng_seed, image_index=None, threshold=None) -> tuple[jax.Array, jax.Array]:
-        """Reference path: the same jitted code run on one class at a time (K calls with K = 1),
-        as the original runs one UNet call per class. Same arguments and results as ``segment``."""
-        maps = []
-        for c in range(prompt_ids.shape[1]):
-            sl = slice(c, c + 1)
-            _, m = self.segment(params, images, prompt_ids[:, sl], token_weights[:, sl], class_pos[:, sl],
-                                valid[:, sl], rng_seed, image_index, threshold)
-            maps.append(m)
-        maps = jnp.concatenate(maps, axis=1)
-        thr = self.config.threshold if threshold is None else threshold
-        return _label_map_jit(maps, jnp.asarray(valid, bool), thr), maps
-
-
-_label_map_jit = jax.jit(label_map)
 
 
 def load_diffsegmenter(pretrained_path: str | os.PathLike, config: DiffSegConfig | None = None,
@@ -290,7 +291,7 @@ def load_diffsegmenter(pretrained_path: str | os.PathLike, config: DiffSegConfig
     tokenizer = load_tokenizer(pretrained_path)
     schedule = load_noise_schedule(pretrained_path)
     if not 0 <= config.timestep < schedule.num_train_timesteps:
-        raise ValueError(f"timestep {config.timestep} is outside the schedule's "
+        raise ConfigError(f"timestep {config.timestep} is outside the schedule's "
                          f"[0, {schedule.num_train_timesteps}).")
     segmenter = DiffSegmenter(unet, vae, text, schedule, tuple(int(i) for i in empty_prompt_ids(tokenizer)),
                               config, tokenizer)
@@ -298,4 +299,4 @@ def load_diffsegmenter(pretrained_path: str | os.PathLike, config: DiffSegConfig
     return segmenter, {"unet": unet_params, "vae": vae_params, "text": text_params}
 
 
-__all__ = ["DiffSegmenter", "load_diffsegmenter", "unet_attention_sides"]
+__all__ = ["DiffSegmenter", "load_diffsegmenter"]

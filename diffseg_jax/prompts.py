@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iedp_jax.infra.errors import ConfigError, InputError
 from iedp_jax.sd.tokenizer import Tokenizer
 
 CAPTION_SEPARATOR = ", "
@@ -54,7 +55,7 @@ def _clean_name(name: str) -> str:
 
 def _split_template(template: str) -> tuple[str, str]:
     if template.count("{}") != 1:
-        raise ValueError(f"prompt template {template!r} must contain '{{}}' exactly once (the class name).")
+        raise ConfigError(f"prompt template {template!r} must contain '{{}}' exactly once (the class name).")
     prefix, suffix = template.split("{}")
     return prefix, suffix
 
@@ -100,12 +101,13 @@ def class_token_weights(tokenizer: Tokenizer, template: str, class_name: str, ca
     ``ing_rule`` and the next word of the prompt ends in "ing".
 
     Raises:
-      ValueError: an empty class name, a class name cut off by the tokenizer's truncation, or a
-        template whose prefix does not tokenize separately from the name.
+      InputError: an empty class name, a class name cut off by the tokenizer's truncation, or a
+        class name that does not tokenize separately from the template's prefix.
+      ConfigError: a template without exactly one ``{}``.
     """
     name = _clean_name(class_name)
     if not name:
-        raise ValueError(f"class name {class_name!r} is empty.")
+        raise InputError(f"class name {class_name!r} is empty.")
     prefix, _ = _split_template(template)
     text = build_prompt(template, class_name, caption)
     ids = np.asarray(tokenizer([text])[0], np.int32)  # [L]
@@ -115,12 +117,12 @@ def class_token_weights(tokenizer: Tokenizer, template: str, class_name: str, ca
     start = 1 + len(prefix_ids)
     end = start + len(name_ids)
     if not name_ids:
-        raise ValueError(f"class name {class_name!r} has no tokens.")
+        raise InputError(f"class name {class_name!r} has no tokens.")
     if end > length - 1:  # the last position always holds end-of-text after truncation
-        raise ValueError(f"class name {name!r} is cut off by the tokenizer's max_length {length} "
+        raise InputError(f"class name {name!r} is cut off by the tokenizer's max_length {length} "
                          f"in the prompt {text!r}: shorten the caption or the template.")
     if list(ids[1:start]) != list(prefix_ids) or list(ids[start:end]) != list(name_ids):
-        raise ValueError(f"the class name {name!r} does not tokenize on its own inside the template "
+        raise InputError(f"the class name {name!r} does not tokenize on its own inside the template "
                          f"{template!r} (prompt {text!r}): separate '{{}}' from the words around it.")
     weights = np.zeros(length, np.float32)
     rest = text[len(prefix) + len(name):]
@@ -211,7 +213,7 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: a line that is not a JSON object with string ``image`` and ``caption``, or an
+      InputError: a line that is not a JSON object with string ``image`` and ``caption``, or an
         image listed twice (the message names the file and line).
     """
     out: dict[str, str] = {}
@@ -224,17 +226,17 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}): {line.strip()[:80]!r}") from None
+                raise InputError(f"{where}: not valid JSON ({e.msg}): {line.strip()[:80]!r}") from None
             if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'image' and 'caption', "
+                raise InputError(f"{where}: expected a JSON object with 'image' and 'caption', "
                                  f"got {type(rec).__name__}.")
             for key in ("image", "caption"):
                 if not isinstance(rec.get(key), str):
-                    raise ValueError(f"{where}: missing or non-string {key!r} "
+                    raise InputError(f"{where}: missing or non-string {key!r} "
                                      "(expected {\"image\": ..., \"caption\": ...}).")
             image = rec["image"]
             if image in out:
-                raise ValueError(f"{where}: image {image!r} already has a caption (line {first_line[image]}).")
+                raise InputError(f"{where}: image {image!r} already has a caption (line {first_line[image]}).")
             out[image] = rec["caption"]
             first_line[image] = n
     return out

@@ -29,52 +29,67 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from diffseg_jax.datasets import voc_palette
+from diffseg_jax.config import DTYPES, TEMPLATES, DiffSegConfig
+from diffseg_jax.pipeline import load_diffsegmenter
+from diffseg_jax.prompts import pad_class_prompts
+from iedp_jax.infra.errors import ConfigError, InputError, UserError
+from iedp_jax.infra.visualize import overlay_labels
+from iedp_jax.sd.weights import WeightsError
 
 __all__ = ["class_colours", "legend_strip", "main", "overlay_path", "overlay_with_legend", "parse_classes",
-           "read_image", "SegmentError"]
+           "read_image", "voc_palette"]
 
 MAX_CLASSES = 254  # label values 1..254 fit an 8-bit PNG next to background 0 (255 stays free)
 _PAD, _SWATCH, _GAP, _SPACING = 4, 12, 4, 12
 
 
-class SegmentError(ValueError):
-    """A user error of the command line (the message is one sentence)."""
+def voc_palette(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC colour map ``[n, 3]`` uint8 (label k's bits spread over R, G, B)."""
+    out = np.zeros((n, 3), np.uint8)
+    for k in range(n):
+        c, r, g, b = k, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out[k] = (r, g, b)
+    return out
 
 
 def parse_classes(text: str) -> list[str]:
     """``"cat, sofa,potted plant"`` -> ``['cat', 'sofa', 'potted plant']``.
 
     Raises:
-      SegmentError: no class at all, an empty entry (``"cat,,sofa"``), a repeated class, or more
+      ConfigError: no class at all, an empty entry (``"cat,,sofa"``), a repeated class, or more
         than 254 classes.
     """
     parts = [" ".join(p.split()) for p in (text or "").split(",")]
     if not any(parts):
-        raise SegmentError('--classes is empty: give comma-separated class names, e.g. --classes "cat,sofa,plant".')
+        raise ConfigError('--classes is empty: give comma-separated class names, e.g. --classes "cat,sofa,plant".')
     for i, p in enumerate(parts):
         if not p:
-            raise SegmentError(f"class {i + 1} of --classes {text!r} is empty: remove the extra comma.")
+            raise ConfigError(f"class {i + 1} of --classes {text!r} is empty: remove the extra comma.")
     seen: set[str] = set()
     for p in parts:
         if p.lower() in seen:
-            raise SegmentError(f"class {p!r} is listed twice in --classes.")
+            raise ConfigError(f"class {p!r} is listed twice in --classes.")
         seen.add(p.lower())
     if len(parts) > MAX_CLASSES:
-        raise SegmentError(f"--classes lists {len(parts)} classes: at most {MAX_CLASSES} fit an 8-bit label map.")
+        raise ConfigError(f"--classes lists {len(parts)} classes: at most {MAX_CLASSES} fit an 8-bit label map.")
     return parts
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 RGB [H, W, 3]; a missing or unreadable file is a SegmentError."""
+    """An image file as uint8 RGB [H, W, 3]; a missing or unreadable file is an InputError."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise SegmentError(f"the image {str(p)!r} does not exist.")
+        raise InputError(f"the image {str(p)!r} does not exist.")
     try:
         with Image.open(p) as im:
             return np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises several types for corrupt or unknown files
-        raise SegmentError(f"the image {str(p)!r} cannot be read ({type(e).__name__}: {e}).") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for corrupt or unknown files
+        raise InputError(f"the image {str(p)!r} cannot be read ({type(e).__name__}: {e}).") from None
 
 
 def class_colours(num_classes: int) -> np.ndarray:
@@ -140,8 +155,6 @@ def overlay_with_legend(image: np.ndarray, labels: np.ndarray, names: Sequence[s
                         ) -> np.ndarray:
     """The image with class colours blended at ``alpha`` (background pixels unchanged) stacked
     above :func:`legend_strip`; white fills the right side when the legend is wider."""
-    from iedp_jax.infra.visualize import overlay_labels  # noqa: PLC0415
-
     colours = class_colours(len(names))
     labels = np.asarray(labels)
     shown = np.where(labels == 0, 255, labels)  # 255 = left as the image
@@ -171,44 +184,31 @@ def _parser() -> argparse.ArgumentParser:
                         "(default 0.5)")
     p.add_argument("--caption", default=None, help="an image caption appended to every class prompt")
     p.add_argument("--image-size", type=int, default=512, help="side the image is resized to for the UNet (512)")
-    p.add_argument("--template", default="voc", choices=("voc", "context", "coco"),
+    p.add_argument("--template", default="voc", choices=tuple(dict(TEMPLATES)),
                    help='prompt template: voc = "a photograph of {}", context/coco = "a photography of {}"')
     p.add_argument("--seed", type=int, default=0, help="seed of the one noise draw (0)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (0.5)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype (float32)")
+    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="compute dtype (float32)")
     return p
 
 
 def run(args: argparse.Namespace) -> tuple[Path, Path]:
     """Segments ``args.image`` and writes the two PNGs; returns their paths."""
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from diffseg_jax.config import DiffSegConfig  # noqa: PLC0415
-    from diffseg_jax.pipeline import load_diffsegmenter  # noqa: PLC0415
-    from diffseg_jax.prompts import pad_class_prompts  # noqa: PLC0415
-    from iedp_jax.sd.weights import WeightsError  # noqa: PLC0415
-
     names = parse_classes(args.classes)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise SegmentError(f"--threshold {args.threshold} is outside [0, 1] (the class maps are normalised to [0, 1]).")
+        raise ConfigError(f"--threshold {args.threshold} is outside [0, 1] (the class maps are normalised to [0, 1]).")
     image = read_image(args.image)
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".png":
-        raise SegmentError(f"--out {str(out)!r} must name a .png file.")
+        raise ConfigError(f"--out {str(out)!r} must name a .png file.")
     config = DiffSegConfig(image_size=args.image_size, dataset=args.template, noise_seed=args.seed,
                            **({} if args.threshold is None else {"threshold": args.threshold}))
-    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    try:
-        seg, params = load_diffsegmenter(args.pretrained, config, dtype=dtype)
-    except WeightsError as e:
-        raise SegmentError(str(e)) from None
+    seg, params = load_diffsegmenter(args.pretrained, config, dtype=DTYPES[args.dtype])
     hf_logger = logging.getLogger("transformers")
     level = hf_logger.level
     hf_logger.setLevel(logging.ERROR)  # the tokenizer's "sequence too long" warning: we say it below
     try:
         prompts = seg.encode_prompts(names, caption=args.caption)
-    except ValueError as e:
-        raise SegmentError(str(e)) from None
     finally:
         hf_logger.setLevel(level)
     ids, weights, pos, valid = pad_class_prompts([prompts], seg.tokenizer)
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         out, over = run(args)
-    except SegmentError as e:
+    except (UserError, WeightsError) as e:  # anything else is a bug: keep its traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} (labels: 0 = background, 1..{len(parse_classes(args.classes))} = classes) and {over}")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from iedp_jax.sd.layers import resize_bilinear
 from iedp_jax.sd.layers import conv, group_norm, resize_nearest
+from iedp_jax.infra.errors import ConfigError
 
 Dtype = Any
 _GN_EPS = 1e-5  # PyTorch's GroupNorm default
@@ -35,7 +36,7 @@ def _check_features(features: Sequence[jax.Array]) -> None:
 
 def _check_groups(channels: int, groups: int, what: str) -> None:
     if channels % groups:
-        raise ValueError(f"{what} ({channels}) must be divisible by groups ({groups}).")
+        raise ConfigError(f"{what} ({channels}) must be divisible by groups ({groups}).")
 
 
 def _hw(x: jax.Array) -> tuple[int, int]:

@@ -30,10 +30,11 @@ import jax.numpy as jnp
 from iedp_jax.heads import DepthHead, SemanticFPNHead
 from iedp_jax.losses import cross_entropy, silog
 from iedp_jax.prompts import ClassPromptTable, build_prompts, present_classes
-from iedp_jax.sd.attention import NO_CAPTURE, AttentionCapture, attention_maps
+from iedp_jax.sd.attention import CROSS, NO_CAPTURE, AttentionCapture, attention_maps, maps_by_queries, mean_map
 from iedp_jax.sd.clip import CLIPTextTransformer, CLIPVisionTransformer, clip_preprocess
-from iedp_jax.sd.unet import UNet2DConditionModel, decoder_features
+from iedp_jax.sd.unet import UNet2DConditionModel, decoder_features, level_sides
 from iedp_jax.sd.vae import AutoencoderKL
+from iedp_jax.infra.errors import ConfigError
 
 PyTree = Any
 Dtype = Any
@@ -69,11 +70,11 @@ class IEDPConfig:
 
     def __post_init__(self) -> None:
         if self.task not in (SEG, DEPTH):
-            raise ValueError(f"model.task must be 'seg' or 'depth', got {self.task!r}.")
+            raise ConfigError(f"model.task must be 'seg' or 'depth', got {self.task!r}.")
         if self.explicit_maps not in ("scatter", "zeros"):
-            raise ValueError(f"model.explicit_maps must be 'scatter' or 'zeros', got {self.explicit_maps!r}.")
+            raise ConfigError(f"model.explicit_maps must be 'scatter' or 'zeros', got {self.explicit_maps!r}.")
         if self.task == SEG and self.explicit_maps == "scatter" and self.num_queries != self.num_classes:
-            raise ValueError("explicit_maps='scatter' needs num_queries == num_classes (one map channel "
+            raise ConfigError("explicit_maps='scatter' needs num_queries == num_classes (one map channel "
                              "per class); set model.num_queries or use explicit_maps='zeros'.")
 
 
@@ -116,14 +117,6 @@ class TextAdapter(nn.Module):
         h = nn.Dense(self.dim, name="fc2", dtype=self.dtype)(nn.gelu(h, approximate=False))
         gamma = self.param("gamma", nn.initializers.constant(self.gamma_init), (self.dim,))
         return e + gamma.astype(h.dtype) * h
-
-
-def level_heights(latent_h: int, levels: int) -> list[int]:
-    """Feature-map heights of the UNet levels (stride-2 convs round up: 15 -> 8)."""
-    hs = [latent_h]
-    for _ in range(levels - 1):
-        hs.append((hs[-1] + 1) // 2)
-    return hs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +192,7 @@ class IEDP:
         """
         c = self.config
         levels = len(self.unet.config.block_out_channels)
-        heights = level_heights(latents.shape[1], levels)
+        heights = level_sides(self.unet.config, latents.shape[1])
         strides = {8 * 2**k: heights[k] for k in range(levels)}
         capture = (AttentionCapture(cross_attn=tuple(strides[s] for s in c.attn_strides if s in strides))
                    if c.attn_maps else NO_CAPTURE)
@@ -210,14 +203,12 @@ class IEDP:
             feats[f"up_blocks.{i}.layers.{c.feature_layer}"] for i in range(levels - 2, -1, -1)]
         if not c.attn_maps:
             return out
-        grouped: dict[int, list[jax.Array]] = {}
-        for m in attention_maps(state).values():  # [B, Q, K]
-            grouped.setdefault(m.shape[1], []).append(m)
+        grouped = maps_by_queries(attention_maps(state), CROSS)  # {h*w: [[B, h*w, K], ...]}
         for k, f in enumerate(out):
             b, h, w, _ = f.shape
             if h * w not in grouped:
                 continue
-            m = jnp.mean(jnp.stack(grouped[h * w]), axis=0)  # [B, Q, K] layer mean
+            m = mean_map(grouped[h * w])  # [B, h*w, K] layer mean
             if explicit_last is not None:
                 m = self._class_channels(m, explicit_last)
             out[k] = jnp.concatenate([f, m.reshape(b, h, w, -1).astype(f.dtype)], axis=-1)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
+from iedp_jax.infra.errors import ConfigError
 
 PyTree = Any
 
@@ -33,7 +34,7 @@ def learning_rate_schedule(cfg: ConfigDict, total_steps: int) -> optax.Schedule:
             optax.polynomial_schedule(cfg.start_lr, cfg.lr, cfg.power, peak),
             optax.polynomial_schedule(cfg.lr, cfg.end_lr, cfg.power, max(total_steps - peak, 1)),
         ], [peak])
-    raise ValueError(f"optim.schedule must be 'warmup_poly' or 'one_cycle', got {cfg.schedule!r}.")
+    raise ConfigError(f"optim.schedule must be 'warmup_poly' or 'one_cycle', got {cfg.schedule!r}.")
 
 
 def decay_mask(params: PyTree) -> PyTree:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iedp_jax.sd.tokenizer import Tokenizer
+from iedp_jax.infra.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -39,7 +40,7 @@ def class_prompt_table(tokenizer: Tokenizer, class_names: Sequence[str],
                        template: str = "a photo of {}") -> ClassPromptTable:
     """Tokenizes ``template`` (which must end with ``{}``) and every class name once."""
     if not template.endswith("{}"):
-        raise ValueError(f"prompt template {template!r} must end with '{{}}' (the class list goes last).")
+        raise ConfigError(f"prompt template {template!r} must end with '{{}}' (the class list goes last).")
     prefix = [tokenizer.bos_id] + _word_ids(tokenizer, template[:-2].strip())
     ids = [_word_ids(tokenizer, name.replace("_", " ")) for name in class_names]
     if any(len(i) == 0 for i in ids):

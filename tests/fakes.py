@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tests.reference.protocols import blocky_image
+
 H, W = 60, 80
 
 
@@ -72,3 +74,138 @@ def write_nyu(root: Path, seed=0, split_dir="splits") -> dict[str, np.ndarray]:
     (root / split_dir / "nyudepthv2_train_files_with_gt.txt").write_text("\n".join(lines["train"]) + "\n")
     (root / split_dir / "nyudepthv2_test_files_with_gt.txt").write_text("\n".join(lines["test"]) + "\n")
     return test_depths
+
+
+def write_protocol_ade(root: Path) -> Path:
+    """write_ade's layout; validation: two blocky landscape images (60x84, 60x100) and a portrait
+    one (84x60) in the four colours of the dummy, labels stored +1 (reduce_zero_label)."""
+    base = write_ade(root, n_train=2, val_values=())
+    rng = np.random.default_rng(7)
+    for i, (h, w) in enumerate([(60, 84), (84, 60), (60, 100)]):
+        image, label = blocky_image(rng, h, w, block=12)
+        label = (label + 1).astype(np.uint8)
+        label[:6, :6] = 0                                  # "other" -> ignored
+        Image.fromarray(image).save(base / "images/validation" / f"ADE_val_{i:08d}.jpg", quality=100)
+        Image.fromarray(label).save(base / "annotations/validation" / f"ADE_val_{i:08d}.png")
+    return root
+
+
+# ----------------------------------------------------------------------------------------------
+# DiffSegmenter benchmarks: VOC 2012, Pascal Context 60 (mmseg's conversion), COCO-Object
+# (GroupViT's conversion), and a tiny full CLIP model for the category filter.
+
+DIFFSEG_IGNORE = 255
+
+
+def _seg_examples(image_dir, ids, sizes, num_classes, seed, border):
+    """Writes ``<id>.jpg`` into ``image_dir`` and returns [(id, label uint8 [H, W])]: noise
+    with two flat rectangles of random foreground classes, the rest background, and a 2-pixel
+    ignore border on top of each rectangle when ``border`` (VOC's object outlines)."""
+    rng = np.random.default_rng(seed)
+    sizes = [tuple(sizes)] * len(ids) if np.ndim(sizes) == 1 else [tuple(s) for s in sizes]
+    if len(sizes) != len(ids):
+        raise ValueError(f"{len(sizes)} sizes for {len(ids)} images.")
+    colours = rng.integers(0, 256, (num_classes, 3))
+    out = []
+    for i, (h, w) in zip(ids, sizes):
+        image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        label = np.zeros((h, w), np.uint8)
+        for _ in range(2):
+            k = int(rng.integers(1, num_classes))
+            y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+            y1, x1 = y0 + int(rng.integers(h // 4, h // 2)), x0 + int(rng.integers(w // 4, w // 2))
+            label[y0:y1, x0:x1] = k
+            image[y0:y1, x0:x1] = colours[k]
+            if border:
+                label[y0:y0 + 2, x0:x1] = DIFFSEG_IGNORE
+        Image.fromarray(image).save(image_dir / f"{i}.jpg", quality=95)
+        out.append((i, label))
+    return out
+
+
+def write_voc(root: Path, num_images: int = 3, sizes=(48, 64), seed: int = 0, aug: bool = True) -> Path:
+    """``root/VOCdevkit/VOC2012`` with JPEGImages/, ImageSets/Segmentation/val.txt and the labels:
+    ``SegmentationClassAug/`` grey PNGs as DeepLab's augmented release (``aug``), or the official
+    ``SegmentationClass/`` indexed PNGs with the VOC palette. Returns ``root`` (the data_dir)."""
+    from diffseg_jax.segment import voc_palette  # the palette the official PNGs carry
+
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    labels = base / ("SegmentationClassAug" if aug else "SegmentationClass")
+    for d in (base / "JPEGImages", labels, base / "ImageSets" / "Segmentation"):
+        d.mkdir(parents=True, exist_ok=True)
+    ids = [f"2007_{i:06d}" for i in range(num_images)]
+    for i, label in _seg_examples(base / "JPEGImages", ids, sizes, 21, seed, border=True):
+        if aug:
+            Image.fromarray(label).save(labels / f"{i}.png")
+        else:
+            lab = Image.frombytes("P", label.shape[::-1], label.tobytes())
+            lab.putpalette(voc_palette().reshape(-1).tolist())
+            lab.save(labels / f"{i}.png")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{i}\n" for i in ids))
+    return Path(root)
+
+
+def write_context(root: Path, num_images: int = 3, sizes=(48, 64), seed: int = 0) -> Path:
+    """``root/VOCdevkit/VOC2010`` as mmseg's Pascal Context converter leaves it: JPEGImages/,
+    SegmentationClassContext/ grey PNGs (0 = background, 1..59) and
+    ImageSets/SegmentationContext/val.txt. Returns ``root``."""
+    base = Path(root) / "VOCdevkit" / "VOC2010"
+    for d in (base / "JPEGImages", base / "SegmentationClassContext", base / "ImageSets" / "SegmentationContext"):
+        d.mkdir(parents=True, exist_ok=True)
+    ids = [f"2008_{i:06d}" for i in range(num_images)]
+    for i, label in _seg_examples(base / "JPEGImages", ids, sizes, 60, seed, border=False):
+        Image.fromarray(label).save(base / "SegmentationClassContext" / f"{i}.png")
+    (base / "ImageSets" / "SegmentationContext" / "val.txt").write_text("".join(f"{i}\n" for i in ids))
+    return Path(root)
+
+
+def write_coco(root: Path, num_images: int = 3, sizes=(48, 64), seed: int = 0, layout: str = "groupvit") -> Path:
+    """COCO-Object val2017 (0 = background, 1..80 = the things in COCO order, 255 = ignore):
+    ``layout='groupvit'``: ``root/coco_stuff164k/{images,annotations}/val2017/`` with
+    ``<id>_instanceTrainIds.png`` labels, as GroupViT's ``convert_coco_object.py`` writes them;
+    ``'object'``: ``root/coco/images/val2017/`` with ``annotations/object_val2017/<id>.png``.
+    Returns ``root``."""
+    if layout == "groupvit":
+        base, labels, suffix = Path(root) / "coco_stuff164k", "val2017", "_instanceTrainIds.png"
+    elif layout == "object":
+        base, labels, suffix = Path(root) / "coco", "object_val2017", ".png"
+    else:
+        raise ValueError(f"unknown COCO-Object layout {layout!r}.")
+    for d in (base / "images" / "val2017", base / "annotations" / labels):
+        d.mkdir(parents=True, exist_ok=True)
+    ids = [f"{i:012d}" for i in range(num_images)]
+    for i, label in _seg_examples(base / "images" / "val2017", ids, sizes, 81, seed, border=False):
+        Image.fromarray(label).save(base / "annotations" / labels / f"{i}{suffix}")
+    return Path(root)
+
+
+DIFFSEG_WRITERS = {"voc": write_voc, "context": write_context, "coco": write_coco}
+
+
+def write_tiny_clip(folder: Path, backbone: Path) -> Path:
+    """A tiny transformers ``CLIPModel`` (both projections, no zero layer) saved in ``folder`` with
+    the tiny backbone's tokenizer files: a full CLIP folder for the category filter."""
+    import json
+    import shutil
+
+    import torch  # optional and heavy: only the CLIP tests need it
+    import transformers
+
+    from tests.helpers import perturb_
+
+    vocab = json.loads((Path(backbone) / "tokenizer" / "vocab.json").read_text())
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, eos_token_id=2,
+                         bos_token_id=len(vocab) - 2, pad_token_id=1, hidden_act="quick_gelu"),
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, hidden_act="quick_gelu"),
+        projection_dim=16)
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(cfg)
+    perturb_(model, seed=5)
+    model.eval()
+    model.save_pretrained(folder)
+    for f in (Path(backbone) / "tokenizer").iterdir():
+        shutil.copy(f, Path(folder) / f.name)
+    return Path(folder)

@@ -80,12 +80,34 @@ def small(name: str = "smoke_seg", **overrides):
 
 def params_of(workdir: Path, cfg) -> dict:
     """The train state stored in the latest checkpoint of ``workdir``."""
+    import jax
+
     from iedp_jax.infra import sharding
     from iedp_jax.infra.checkpoint import Checkpointer, abstract_like
-    from iedp_jax.train import build_trainer
+    from iedp_jax.trainer import build_trainer
 
     t = build_trainer(cfg, workdir, sharding.make_mesh((1, 1), jax.devices()[:1]))
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every)
     restored, _ = ckpt.restore(ckpt.latest_step(), abstract_like(t.state))
     ckpt.close()
     return jax.device_get(restored)
+
+
+def train_batch(source, step: int, batch_size: int, rows: slice = slice(None)) -> dict:
+    """This process's ``rows`` of the global training batch of ``step``, stacked on the host (what
+    the grain pipeline streams, without it)."""
+    examples = [source.train_example(step, row, batch_size) for row in list(range(batch_size))[rows]]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def eval_cfg(crop, stride, **eval_fields):
+    """The base config with the evaluation window ``crop`` / ``stride`` and ``eval.<field>`` overrides."""
+    from iedp_jax.config import base_config
+
+    cfg = base_config()
+    cfg.data.crop_size = crop
+    cfg.eval.crop = crop
+    cfg.eval.stride = stride
+    for k, v in eval_fields.items():
+        cfg.eval[k] = v
+    return cfg

@@ -303,8 +303,19 @@ def test_config_from_dicts():
     ({"hidden_size": 30, "num_attention_heads": 4}, ["num_attention_heads"]),
 ])
 def test_text_config_rejects(bad, words):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(WeightsError) as e:
         CLIPTextConfig.from_dict(bad)
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"model_type": "clip_text_model"}, ["text", "not the CLIP vision tower"]),
+    ({"image_size": 225, "patch_size": 14}, ["image_size 225", "patch_size 14"]),
+    ({"hidden_size": 30, "num_attention_heads": 4}, ["CLIP vision config", "num_attention_heads"]),
+])
+def test_vision_config_rejects(bad, words):
+    with pytest.raises(WeightsError) as e:
+        CLIPVisionConfig.from_dict(bad)
     assert all(w in str(e.value) for w in words), str(e.value)
 
 
@@ -373,12 +384,12 @@ def test_unexpected_tensor_is_named(vision_proj, tmp):
 
 
 def test_wrong_config_is_named(text_proj, vision_proj, tmp):
-    with pytest.raises(ValueError, match="vision"):
+    with pytest.raises(WeightsError, match=r"config\.json'?: config\.json describes a CLIP vision model"):
         load_clip_text(vision_proj[1] / "image_encoder")
     folder = tmp / "bad_act"
     shutil.copytree(text_proj[1], folder)
     cfg = json.loads((folder / "config.json").read_text())
     cfg["hidden_act"] = "relu6"
     (folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="hidden_act 'relu6'"):
+    with pytest.raises(WeightsError, match=r"bad_act/config\.json'?: CLIP text config hidden_act 'relu6'"):
         load_clip_text(folder)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffseg_jax import captions
+from diffseg_jax import captions, segment
 from diffseg_jax.segment import class_colours, legend_strip, main, overlay_with_legend, parse_classes
+from iedp_jax.infra.errors import ConfigError, DatasetError, InputError, MissingDependency
 from iedp_jax.sd.tiny import write_tiny_backbone
 
 
@@ -75,7 +76,7 @@ def test_legend_wraps_to_the_image_width():
     assert tiny.shape[1] > 20  # widened to fit the widest entry
 
 
-def test_error_sentences(backbone, photo, tmp_path, capsys):
+def test_error_sentences(backbone, photo, tmp_path, capsys, monkeypatch):
     base = ["--pretrained", str(backbone), "--out", str(tmp_path / "o.png"), "--image-size", "64"]
     assert main(["--image", str(photo), "--classes", " , "] + base) == 1
     assert "--classes is empty" in _one_error(capsys)
@@ -93,25 +94,29 @@ def test_error_sentences(backbone, photo, tmp_path, capsys):
     assert main(["--image", str(photo), "--classes", "cat," + "red " * 80] + base) == 1
     assert "cut off by the tokenizer" in _one_error(capsys)
     assert not (tmp_path / "o.png").exists()
-    with pytest.raises(ValueError, match="listed twice"):
+    with pytest.raises(ConfigError, match="listed twice"):
         parse_classes("cat,Cat")
+    # Anything that is not a user error is a bug: it keeps its traceback.
+    monkeypatch.setattr(segment, "read_image", lambda path: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["--image", str(photo), "--classes", "cat"] + base)
 
 
 def test_captions_error_paths(tmp_path, monkeypatch, capsys):
-    with pytest.raises(FileNotFoundError, match="the image folder .* does not exist"):
+    with pytest.raises(DatasetError, match="the image folder .* does not exist"):
         captions.write_captions(tmp_path / "nope", tmp_path / "c.jsonl", tmp_path / "blip")
     (tmp_path / "imgs").mkdir()
-    with pytest.raises(FileNotFoundError, match="holds no image"):
+    with pytest.raises(DatasetError, match="holds no image"):
         captions.write_captions(tmp_path / "imgs", tmp_path / "c.jsonl", tmp_path / "blip")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a.jpg")
-    with pytest.raises(FileNotFoundError, match="BLIP model folder .*blip' does not exist"):
+    with pytest.raises(InputError, match="BLIP model folder .*blip' does not exist"):
         captions.write_captions(tmp_path / "imgs", tmp_path / "c.jsonl", tmp_path / "blip")
-    with pytest.raises(FileNotFoundError, match="1 listed image"):
+    with pytest.raises(DatasetError, match="1 listed image"):
         captions.write_captions(tmp_path / "imgs", tmp_path / "c.jsonl", tmp_path / "blip", names=["a", "b"])
     (tmp_path / "blip").mkdir()
     (tmp_path / "blip" / "config.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
-    with pytest.raises(ImportError, match="captioning needs transformers and torch"):
+    with pytest.raises(MissingDependency, match="captioning needs transformers and torch"):
         captions.write_captions(tmp_path / "imgs", tmp_path / "c.jsonl", tmp_path / "blip")
     assert captions.main(["--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "c.jsonl"),
                           "--model", str(tmp_path / "blip")]) == 1

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 
 from diffseg_jax import (DiffSegConfig, aggregate_cross, class_maps_from_attention, label_map, load_diffsegmenter,
-                         mean_self_attention, pad_class_prompts, refine, unet_attention_sides)
+                         mean_self_attention, pad_class_prompts, refine)
+from diffseg_jax.attention import maps_to_canvas, minmax_normalize, resize, resize_regions
 from diffseg_jax.pipeline import _SelfAttentionMean
-from iedp_jax.sd.tiny import write_tiny_backbone
+from iedp_jax.infra.errors import ConfigError
 from iedp_jax.sd import UNetConfig, attention_maps
+from iedp_jax.sd.tiny import write_tiny_backbone
+from iedp_jax.sd.unet import attention_sides
 from tests.helpers import rel_err
+from tests.reference.torch_diffseg import segment_per_class
 
 # ----------------------------------------------------------------------------------------------
 # NumPy transcription of the method (DESIGN.md section 4, steps 3-5).
@@ -85,6 +89,8 @@ def test_numpy_resize_is_torch_interpolate():
         want = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=hw, mode="bilinear",
                                                align_corners=False)[0].numpy()
         np.testing.assert_allclose(np_resize(x, *hw), want, atol=1e-6)
+        # The library's resize of the last two axes (through sd.layers.resize_bilinear): the same.
+        np.testing.assert_allclose(np.asarray(resize(jnp.asarray(x)[None], hw))[0], want, atol=1e-6)
 
 
 def test_aggregation_and_refinement_match_numpy():
@@ -124,6 +130,29 @@ def test_aggregation_and_refinement_match_numpy():
         aggregate_cross(jmaps, jnp.asarray(tw), {16: 1.0}, self_side)
 
 
+def test_canvas_resizes_equal_plain_resizes():
+    """Per-image resizes inside a fixed, edge-padded canvas = plain resizes of each image."""
+    rng = np.random.default_rng(0)
+    canvas = (48, 64)
+    sizes = [(48, 64), (40, 56), (30, 20), (48, 10)]
+    imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in sizes]
+    padded = np.stack([np.pad(im, ((0, canvas[0] - im.shape[0]), (0, canvas[1] - im.shape[1]), (0, 0)),
+                              mode="edge") for im in imgs])
+    hw = jnp.asarray(sizes, jnp.int32)
+    for size in (64, 32):  # up- and down-sampling
+        got = np.asarray(jax.jit(resize_regions, static_argnums=2)(padded, hw, (size, size)))
+        for b, im in enumerate(imgs):  # what DiffSegmenter.preprocess does without a canvas
+            want = np.asarray(resize(jnp.asarray(im, jnp.float32).transpose(2, 0, 1), (size, size))).transpose(1, 2, 0)
+            np.testing.assert_allclose(got[b], want, atol=2e-3)
+
+    maps = jnp.asarray(rng.random((4, 8, 8)), jnp.float32)
+    out = np.asarray(jax.jit(maps_to_canvas, static_argnums=2)(maps, hw, canvas))
+    for b, (h, w) in enumerate(sizes):
+        want = np.asarray(minmax_normalize(resize(maps[b], (h, w))))  # the pipeline's last step
+        np.testing.assert_allclose(out[b, :h, :w], want, atol=1e-5)
+        assert (out[b, h:] == 0).all() and (out[b, :, w:] == 0).all()
+
+
 def test_synthetic_object_is_recovered():
     """Cross maps high inside a square, self-attention = block-diagonal affinity of the regions."""
     rng = np.random.default_rng(1)
@@ -161,13 +190,16 @@ def test_synthetic_object_is_recovered():
 def test_config_resolutions():
     cfg = DiffSegConfig()
     assert cfg.cross_weights(64) == {8: 0.3, 16: 0.5, 32: 0.1, 64: 0.1} and cfg.self_side(64) == 64
-    assert unet_attention_sides(UNetConfig(), 64) == (8, 16, 32, 64)  # SD 1.5 at 512 px
+    assert attention_sides(UNetConfig(), 64) == (8, 16, 32, 64)  # SD 1.5 at 512 px
     assert cfg.cross_weights(8) == {1: 0.3, 2: 0.5, 4: 0.1, 8: 0.1}
     assert DiffSegConfig(cross_resolutions=[[8, 0.3], [4, 0.7]]).cross_resolutions == ((8, 0.3), (4, 0.7))
-    with pytest.raises(ValueError, match="self_attn_dtype"):
+    assert cfg.cross_weights(60) == {8: 0.3, 15: 0.5, 30: 0.1, 60: 0.1}  # strided convolutions round up
+    with pytest.raises(ConfigError, match="self_attn_dtype 'float16' is not one of float32, bfloat16"):
         DiffSegConfig(self_attn_dtype="float16")
-    with pytest.raises(ValueError, match="no template"):
+    with pytest.raises(ConfigError, match="no template"):
         DiffSegConfig(dataset="ade")
+    with pytest.raises(ConfigError, match="distinct powers of two"):
+        DiffSegConfig(cross_resolutions=((3, 1.0),))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,7 +212,7 @@ NAMES = [["red square", "cat", "blue"], ["green", "dots", "cat", "magenta"]]
 def tiny(tmp_path_factory):
     folder = write_tiny_backbone(tmp_path_factory.getbasetemp() / "diffseg_tiny_sd")
     seg, params = load_diffsegmenter(folder, DiffSegConfig(image_size=64))
-    prompts = [seg.encode_prompts(n, caption="a photograph of {} sitting".format(n[0]) if i == 0 else None)
+    prompts = [seg.encode_prompts(n, caption=f"a photograph of {n[0]} sitting" if i == 0 else None)
                for i, n in enumerate(NAMES)]
     batch = pad_class_prompts(prompts, seg.tokenizer)  # K = 4; image 0's 4th class is padding
     rng = np.random.default_rng(0)
@@ -193,9 +225,10 @@ def test_resolutions_of_tiny_unet(tiny):
     seg = tiny[0]
     assert seg.latent_side == 8 and seg.self_side == 8
     assert seg.cross_resolutions == {2: 0.5, 4: 0.1, 8: 0.1}  # side 1 (stride 8) does not exist
-    with pytest.raises(ValueError, match="strict_resolutions"):
-        type(seg)(seg.unet, seg.vae, seg.text, seg.schedule, seg.empty_ids,
-                  DiffSegConfig(image_size=64, strict_resolutions=True)).cross_resolutions  # noqa: B018
+    strict = type(seg)(seg.unet, seg.vae, seg.text, seg.schedule, seg.empty_ids,
+                       DiffSegConfig(image_size=64, strict_resolutions=True))
+    with pytest.raises(ConfigError, match="strict_resolutions"):
+        strict.cross_resolutions  # noqa: B018 - the property validates
 
 
 def test_batched_classes_equal_per_class_and_padding_is_inert(tiny):
@@ -215,19 +248,39 @@ def test_batched_classes_equal_per_class_and_padding_is_inert(tiny):
     ids2, w2, pos2 = ids.copy(), w.copy(), pos.copy()
     ids2[0, 3], w2[0, 3], pos2[0, 3] = ids[1, 1], w[1, 1], pos[1, 1]
     labels_2, maps_2 = seg.segment(params, images, ids2, w2, pos2, valid, 7)
-    assert seg.segment.cache_size() == 1
+    assert seg.segment._cache_size() == 1
     assert rel_err(np.asarray(maps_2)[valid], maps[valid]) < 1e-6
     np.testing.assert_array_equal(np.asarray(labels_2), labels)
 
     # The noise is seeded: another seed changes the maps, the same seed reproduces them.
     _, maps_3 = seg.segment(params, images, ids, w, pos, valid, 8)
-    assert seg.segment.cache_size() == 1
+    assert seg.segment._cache_size() == 1
     assert np.abs(np.asarray(maps_3) - maps).max() > 1e-3
 
     # The reference: one class at a time (K UNet calls with K = 1), as the original does.
-    labels_1, maps_1 = seg.segment_per_class(params, images, ids, w, pos, valid, 7)
+    labels_1, maps_1 = segment_per_class(seg, params, images, ids, w, pos, valid, 7)
     assert rel_err(maps, maps_1) < 1e-5
     assert (labels == np.asarray(labels_1)).mean() > 0.999
+
+
+def test_canvas_path_equals_plain_path(tiny):
+    """The evaluator's path (images edge-padded onto a larger canvas, per-image resizes inside
+    jit, ``class_maps`` with ``image_hw``) gives ``segment``'s maps inside each image, 0 outside."""
+    seg, params, images, (ids, w, pos, valid) = tiny
+    _, maps = seg.segment(params, images, ids, w, pos, valid, 7)
+    canvas = (56, 44)
+    padded = np.pad(images, ((0, 0), (0, 8), (0, 4), (0, 0)), mode="edge")
+    hw = jnp.asarray([images.shape[1:3]] * 2, jnp.int32)
+
+    @jax.jit
+    def run(params, padded, hw):
+        lat = seg.noised_latents(params, padded, 7, None, hw)
+        return seg.class_maps(params, lat, ids, w, pos, canvas, hw)
+
+    out = np.asarray(run(params, padded, hw))
+    assert out.shape == (2, 4) + canvas
+    np.testing.assert_allclose(out[:, :, :48, :40][valid], np.asarray(maps)[valid], atol=1e-3)
+    assert (out[:, :, 48:] == 0).all() and (out[:, :, :, 40:] == 0).all()
 
 
 def test_self_attention_running_mean_equals_captured_mean(tiny):

@@ -1,5 +1,6 @@
-"""DiffSegmenter benchmarks: the three folder layouts, the canvas arithmetic of the evaluation, and
-``diffseg_jax.evaluate`` end to end on tiny fake copies (tiny backbone, 64 px, filtering 'all')."""
+"""DiffSegmenter benchmarks: the three folder layouts and their tfds copies, the running-best
+arithmetic of the evaluation, and ``diffseg_jax.evaluate`` on tiny fake copies (tiny backbone,
+64 px) against the pipeline. The shipped configs through the command line: test_diffseg_configs."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from diffseg_jax.attention import label_map, minmax_normalize, resize
-from diffseg_jax.datasets import (COCO_OBJECT_CLASSES, CONTEXT_CLASSES, VOC_CLASSES, DatasetError, make_dataset,
-                                  write_fake_dataset)
+from diffseg_jax.attention import label_map
+from diffseg_jax.builders import BUILDERS, make_prepared_dataset
+from diffseg_jax.config import default_config
+from diffseg_jax.datasets import COCO_OBJECT_CLASSES, CONTEXT_CLASSES, VOC_CLASSES, SegDataset, make_dataset
+from diffseg_jax.evaluate import evaluate, labels_at, update_best
 from diffseg_jax.filtering import load_clip_filter
-from diffseg_jax.evaluate import default_config, evaluate, labels_at, maps_to_canvas, resize_images, update_best
-from iedp_jax.sd.tiny import write_tiny_backbone
+from iedp_jax.infra.errors import ConfigError, DatasetError
+from iedp_jax.infra.files import DiskPairs
 from iedp_jax.infra.metrics import confusion_matrix, segmentation_metrics
+from iedp_jax.infra.tfds import RecordPairs
+from iedp_jax.sd.tiny import write_tiny_backbone
+from tests.fakes import DIFFSEG_WRITERS, write_coco, write_tiny_clip, write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"voc": [(48, 64)] * 3, "context": [(48, 64), (40, 56), (48, 64)], "coco": [(44, 64), (48, 60), (48, 64)]}
@@ -31,8 +36,7 @@ NUM_CLASSES = {"voc": 21, "context": 60, "coco": 81}
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     base = tmp_path_factory.mktemp("diffseg_data")
-    return {name: write_fake_dataset(name, base / name, 3, sizes, seed=i)
-            for i, (name, sizes) in enumerate(SIZES.items())}
+    return {name: DIFFSEG_WRITERS[name](base / name, 3, sizes, seed=i) for i, (name, sizes) in enumerate(SIZES.items())}
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +53,16 @@ def test_fake_layouts_load(fake):
         ds = make_dataset(name, fake[name])
         assert ds.num_images == 3 and ds.class_names == classes and len(classes) == NUM_CLASSES[name]
         assert classes[0] == "background" and len(ds.prompt_names) == len(classes) - 1
+        assert isinstance(ds.files, DiskPairs)
         for i in range(3):
             image, label, ident = ds.load(i)
             assert image.dtype == np.uint8 and image.shape == SIZES[name][i] + (3,)
             assert label.dtype == np.uint8 and label.shape == SIZES[name][i]
-            assert ds.size(i) == SIZES[name][i] and ident == ds.name(i)
+            assert ds.size(i) == SIZES[name][i] and ident == ds.name(i) and ds.file_name(i) == ident + ".jpg"
             values = set(np.unique(label).tolist())
             assert 0 in values and len(values - {0, 255}) >= 1 and max(values - {255}) < len(classes)
         assert make_dataset(name, fake[name], num_images=2).num_images == 2
     voc = make_dataset("voc", fake["voc"])
-    with Image.open(voc.label_path(0)) as im:
-        assert im.mode == "P"  # indexed PNG: the stored indices are the labels
     assert 255 in voc.load(0)[1]  # VOC's ignore border
     assert voc.name(0) == "2007_000000"
     # Word substitutions for names that are not words.
@@ -74,25 +77,17 @@ def test_other_accepted_layouts(fake, tmp_path):
     # data_dir may be the inner folder.
     assert make_dataset("voc", fake["voc"] / "VOCdevkit" / "VOC2012").num_images == 3
     assert make_dataset("context", fake["context"] / "VOCdevkit").num_images == 3
-    assert make_dataset("coco", fake["coco"] / "coco").num_images == 3
-    # COCO-Object as the usual conversion writes it: annotations/val2017/<id>_instanceTrainIds.png.
-    src = make_dataset("coco", fake["coco"])
-    root = tmp_path / "coco_stuff164k"
-    (root / "images" / "val2017").mkdir(parents=True)
-    (root / "annotations" / "val2017").mkdir(parents=True)
-    for i in range(3):
-        (root / "images" / "val2017" / src.image_path(i).name).write_bytes(src.image_path(i).read_bytes())
-        (root / "annotations" / "val2017" / f"{src.name(i)}_instanceTrainIds.png").write_bytes(
-            src.label_path(i).read_bytes())
-    alt = make_dataset("coco", tmp_path)
-    assert alt.num_images == 3 and all((alt.load(i)[1] == src.load(i)[1]).all() for i in range(3))
-    # VOC without SegmentationClassAug falls back to the official SegmentationClass.
-    src_voc, voc = fake["voc"] / "VOCdevkit" / "VOC2012", tmp_path / "voc" / "VOC2012"
-    voc.mkdir(parents=True)
-    for sub, dst in (("JPEGImages", "JPEGImages"), ("ImageSets", "ImageSets"),
-                     ("SegmentationClassAug", "SegmentationClass")):
-        os.symlink(src_voc / sub, voc / dst)
-    assert make_dataset("voc", tmp_path / "voc").num_images == 3
+    assert make_dataset("coco", fake["coco"] / "coco_stuff164k").num_images == 3
+    labels = [make_dataset(name, fake[name]).load(i)[1] for name in ("voc", "coco") for i in range(3)]
+    # COCO-Object as coco/annotations/object_val2017/<id>.png: the same examples.
+    alt = make_dataset("coco", write_coco(tmp_path / "coco", 3, SIZES["coco"], seed=2, layout="object"))
+    assert alt.num_images == 3 and all((alt.load(i)[1] == labels[3 + i]).all() for i in range(3))
+    # VOC's official release, without SegmentationClassAug: indexed PNGs with the VOC palette, whose
+    # stored indices are the labels.
+    voc = make_dataset("voc", write_voc(tmp_path / "voc", 3, SIZES["voc"], seed=0, aug=False))
+    with Image.open(voc.files.open(0)[1]) as im:
+        assert im.mode == "P" and voc.files.open(0)[1].parent.name == "SegmentationClass"
+    assert all((voc.load(i)[1] == labels[i]).all() for i in range(3))
 
 
 def _one_sentence(e: pytest.ExceptionInfo) -> str:
@@ -127,34 +122,12 @@ def test_wrong_folders_are_one_sentence(fake, tmp_path):
     split.write_text("\n")
     with pytest.raises(DatasetError, match="lists no image"):
         make_dataset("context", fake["context"], split="extra")
-    with pytest.raises(ValueError, match="unknown dataset 'ade'"):
+    with pytest.raises(ConfigError, match="unknown dataset 'ade': use one of voc, context, coco"):
         make_dataset("ade", fake["voc"])
 
 
 # ----------------------------------------------------------------------------------------------
-# The evaluation's canvas arithmetic against the pipeline's own resizes and label rule.
-
-
-def test_canvas_resizes_equal_plain_resizes():
-    rng = np.random.default_rng(0)
-    canvas = (48, 64)
-    sizes = [(48, 64), (40, 56), (30, 20), (48, 10)]
-    imgs = [rng.integers(0, 256, s + (3,), dtype=np.uint8) for s in sizes]
-    padded = np.stack([np.pad(im, ((0, canvas[0] - im.shape[0]), (0, canvas[1] - im.shape[1]), (0, 0)),
-                              mode="edge") for im in imgs])
-    hw = jnp.asarray(sizes, jnp.int32)
-    for size in (64, 32):  # up- and down-sampling
-        got = np.asarray(jax.jit(resize_images, static_argnums=2)(padded, hw, size))
-        for b, im in enumerate(imgs):  # what DiffSegmenter.preprocess does (before the [-1, 1] map)
-            want = jax.image.resize(im.astype(np.float32), (size, size, 3), "bilinear", antialias=False)
-            np.testing.assert_allclose(got[b], want, atol=2e-3)
-
-    maps = jnp.asarray(rng.random((4, 8, 8)), jnp.float32)
-    out = np.asarray(jax.jit(maps_to_canvas, static_argnums=2)(maps, hw, canvas))
-    for b, (h, w) in enumerate(sizes):
-        want = np.asarray(minmax_normalize(resize(maps[b], (h, w))))  # the pipeline's last step
-        np.testing.assert_allclose(out[b, :h, :w], want, atol=1e-5)
-        assert (out[b, h:] == 0).all() and (out[b, :, w:] == 0).all()
+# The evaluation's running best against the pipeline's label rule.
 
 
 def test_running_best_equals_label_map_at_every_threshold():
@@ -178,16 +151,15 @@ def test_running_best_equals_label_map_at_every_threshold():
 
 @pytest.mark.parametrize("name", ["voc", "context", "coco"])
 def test_prepared_tfds_copy_reads_like_the_folder(name, fake, tmp_path):
-    from diffseg_jax.builders import BUILDERS, PreparedSegDataset, make_prepared_dataset
-
     folder = make_dataset(name, fake[name])
     ds = make_prepared_dataset(name, fake[name], tmp_path)
-    assert isinstance(ds, PreparedSegDataset) and list(tmp_path.glob(f"{BUILDERS[name]().name}/*/*.array_record-*"))
+    assert isinstance(ds, SegDataset) and isinstance(ds.files, RecordPairs)
+    assert list(tmp_path.glob(f"{BUILDERS[name]().name}/*/*.array_record-*"))
     assert (ds.key, ds.class_names, ds.prompt_names) == (folder.key, folder.class_names, folder.prompt_names)
     assert ds.num_images == folder.num_images == 3
     for i in range(3):
         assert ds.size(i) == folder.size(i) and ds.name(i) == folder.name(i)
-        assert ds.image_path(i).name == folder.image_path(i).name
+        assert ds.file_name(i) == folder.file_name(i)
         (a, la, na), (b, lb, nb) = ds.load(i), folder.load(i)
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(la, lb)
@@ -231,6 +203,7 @@ def test_evaluate_voc_matches_the_pipeline(voc_results, backbone, fake):
     saved = json.loads((workdir / "results.json").read_text())
     assert saved == json.loads(json.dumps(r))
     assert r["num_images"] == 3 and r["num_classes"] == 21 and r["filtering"] == "all"
+    assert r["protocol"].startswith("PASCAL VOC 2012 val (3 images), mIoU over 21 classes with the background")
     assert len(r["IoU"]) == 21 and list(r["IoU"]) == list(VOC_CLASSES) and r["threshold"] == 0.5
     assert r["images_per_s"] > 0 and r["mean_candidates"] == 20 and r["published_mIoU"] == pytest.approx(0.601)
     # The sweep is a separate entry; its 0.5 column is the fixed-threshold result.
@@ -251,26 +224,14 @@ def test_evaluate_voc_matches_the_pipeline(voc_results, backbone, fake):
         assert segmentation_metrics(conf)["mIoU"] == pytest.approx(want, abs=1e-3), t
 
 
-@pytest.mark.parametrize("name", ["context", "coco"])
-def test_evaluate_context_and_coco(name, backbone, fake, tmp_path):
-    r = evaluate(_config(name, backbone, fake[name]), tmp_path)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert len(saved["IoU"]) == NUM_CLASSES[name] and saved["IoU"]["background"] is not None
-    assert saved["num_images"] == 3 and saved["filtering"] == "all" and "threshold_sweep" not in saved
-    assert saved["setup"]["canvas"] == [48, 64] and saved["setup"]["template"] == "a photography of {}"
-    assert 0.0 <= r["mIoU"] <= 1.0 and 0.0 <= r["aAcc"] <= 1.0
-
-
-def test_gt_and_clip_filtering(backbone, fake, tmp_path):
-    """'gt' reads the classes of the label (an oracle, said so in results.json); 'clip' runs the
-    CLIP filter, and a caption noun adds its class."""
-    from tests.test_diffseg_filtering import write_tiny_clip
-
+def test_given_and_clip_filtering(backbone, fake, tmp_path):
+    """'given' reads the classes of the label (an oracle, said so in results.json); 'clip' runs
+    the CLIP filter, and a caption noun adds its class."""
     ds = make_dataset("voc", fake["voc"])
     cfg = _config("voc", backbone, fake["voc"])
-    cfg.filtering.mode = "gt"
+    cfg.filtering.mode = "given"
     r = evaluate(cfg, tmp_path / "gt")
-    assert r["filtering"] == "gt" and "oracle" in r["filtering_note"]
+    assert r["filtering"] == "given" and "oracle" in r["filtering_note"] and "ground-truth" in r["protocol"]
     present = [sorted(set(np.unique(ds.load(i)[1]).tolist()) - {0, 255}) for i in range(3)]
     got = [json.loads(line) for line in (tmp_path / "gt" / "candidates.jsonl").read_text().splitlines()]
     assert got == [{"image": ds.name(i), "classes": [VOC_CLASSES[c] for c in present[i]]} for i in range(3)]

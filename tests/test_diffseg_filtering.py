@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from diffseg_jax.filtering import (candidate_classes, caption_nouns, clip_crop, clip_logits, keep_by_ratio,
                                    load_clip_filter, similar_labels)
+from iedp_jax.infra.errors import ConfigError
 from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.sd.weights import WeightsError
-from tests.helpers import perturb_, rel_err
-
-
-def write_tiny_clip(folder: Path, backbone: Path) -> Path:
-    """A tiny transformers CLIPModel (both projections) saved with the tiny backbone's tokenizer."""
-    import torch
-    import transformers
-
-    vocab = json.loads((backbone / "tokenizer" / "vocab.json").read_text())
-    cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, eos_token_id=2,
-                         bos_token_id=len(vocab) - 2, pad_token_id=1,
-                         hidden_act="quick_gelu"),
-        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8, hidden_act="quick_gelu"),
-        projection_dim=16)
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(cfg)
-    perturb_(model, seed=5)
-    model.eval()
-    model.save_pretrained(folder)
-    for f in (backbone / "tokenizer").iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
+from tests.fakes import write_tiny_clip
+from tests.helpers import rel_err
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +66,15 @@ def test_all_and_given_modes():
     assert candidate_classes("all", names, 2) == [[0, 1, 2], [0, 1, 2]]
     assert candidate_classes("given", names, 2, given=["sofa", "cat"]) == [[0, 2], [0, 2]]
     assert candidate_classes("given", names, 2, given=[["dog"], ["sofa", "dog"]]) == [[1], [1, 2]]
-    with pytest.raises(ValueError, match="'horse' is not in the vocabulary"):
+    # Indices (what the evaluator gives: each image's ground-truth classes), per image or shared.
+    assert candidate_classes("given", names, 3, given=[[2, 0], [], [np.int64(1)]]) == [[0, 2], [], [1]]
+    assert candidate_classes("given", names, 2, given=[2]) == [[2], [2]]
+    with pytest.raises(ConfigError, match="'horse' is not in the vocabulary"):
         candidate_classes("given", names, 1, given=["horse"])
-    with pytest.raises(ValueError, match="not one of"):
-        candidate_classes("blip", names, 1)
+    with pytest.raises(ConfigError, match="index 3 is outside the vocabulary of 3 classes"):
+        candidate_classes("given", names, 1, given=[[3]])
+    with pytest.raises(ConfigError, match="filtering.mode 'gt' is not one of clip, all, given"):
+        candidate_classes("gt", names, 1)
     with pytest.raises(ValueError, match="needs the images"):
         candidate_classes("clip", names, 1)
 

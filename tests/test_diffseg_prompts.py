@@ -11,8 +11,9 @@ import pytest
 from diffseg_jax.config import DiffSegConfig
 from diffseg_jax.prompts import (build_prompt, empty_prompt_ids, encode_class_prompts, pad_class_prompts,
                                  read_captions, upweight_class_tokens)
-from iedp_jax.sd.tiny import write_tiny_backbone
+from iedp_jax.infra.errors import ConfigError, InputError
 from iedp_jax.sd import load_tokenizer
+from iedp_jax.sd.tiny import write_tiny_backbone
 
 TEMPLATE = "a photograph of {}"
 
@@ -83,13 +84,13 @@ def test_ing_rule(tokenizer):
 
 
 def test_prompt_errors(tokenizer):
-    with pytest.raises(ValueError, match="exactly once"):
+    with pytest.raises(ConfigError, match="exactly once"):
         encode_class_prompts(tokenizer, ["cat"], "a photo")
-    with pytest.raises(ValueError, match="cut off"):
+    with pytest.raises(InputError, match="cut off"):
         encode_class_prompts(tokenizer, ["cat"], "a " * 80 + "{}")
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         encode_class_prompts(tokenizer, ["  "], TEMPLATE)
-    with pytest.raises(ValueError, match="tokenize on its own"):
+    with pytest.raises(InputError, match="tokenize on its own"):
         encode_class_prompts(tokenizer, ["at"], "a photograph of c{}")
 
 
@@ -140,7 +141,7 @@ def test_read_captions(tmp_path):
     for name, (text, msg) in cases.items():
         path = tmp_path / f"{name}.jsonl"
         path.write_text(text)
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(InputError, match=msg):
             read_captions(path)
     with pytest.raises(FileNotFoundError):
         read_captions(tmp_path / "none.jsonl")

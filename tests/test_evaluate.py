@@ -4,13 +4,10 @@ path on the smoke config with the real model."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,68 +15,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iedp_jax.infra import sharding
-from iedp_jax.infra.checkpoint import Checkpointer
+from iedp_jax.config import base_config
+from iedp_jax.data import transforms
+from iedp_jax.data.ade20k import ADE20KSource
+from iedp_jax.data.nyu import NYUv2Source
 from iedp_jax.data.pipeline import train_iterator
-from iedp_jax.config_defaults import base_config
-from iedp_jax.data import transforms as T
-from iedp_jax.data.folders import ADE20KSource, NYUv2Source
-from iedp_jax.evaluate import evaluate_checkpoint, plan_groups, protocol_from_config, resolve_checkpoint, run_protocol
+from iedp_jax.eval.plan import plan_groups, protocol_from_config
+from iedp_jax.eval.runner import evaluate_checkpoint, run_protocol
+from iedp_jax.infra import sharding
+from iedp_jax.infra.checkpoint import Checkpointer, resolve_checkpoint
+from iedp_jax.infra.errors import ConfigError, InputError
 from iedp_jax.infra.metrics import segmentation_metrics
 from iedp_jax.model import DEPTH, SEG, IEDPConfig
-from iedp_jax.train import build_trainer
-from tests.fakes import write_ade, write_nyu
-from tests.test_inference import blocky_image, depth_dummy, np_aug_test, pooled
-from tests.helpers import ROOT, small
-
-
-@dataclasses.dataclass(frozen=True)
-class DummyModel:
-    """Stands in for ``IEDP``: ``predict(params, frozen, images)`` and ``config``."""
-
-    config: IEDPConfig
-    fn: Callable
-
-    def predict(self, params, frozen, images):
-        return self.fn(images) * params["scale"]
-
-
-def seg150(x):
-    """``pooled`` colour logits for classes 0-3, a low constant for the other 146."""
-    f = pooled(x)
-    xp = jnp if isinstance(f, jax.Array) else np
-    return xp.concatenate([f, xp.full(f.shape[:3] + (146,), -30.0, f.dtype)], axis=-1)
-
-
-def eval_cfg(crop, stride, **eval_fields):
-    cfg = base_config()
-    cfg.data.crop_size = crop
-    cfg.eval.crop = crop
-    cfg.eval.stride = stride
-    for k, v in eval_fields.items():
-        cfg.eval[k] = v
-    return cfg
-
-
-def fake_ade(root: Path) -> Path:
-    """write_ade's layout; validation: two blocky landscape images (60x84, 60x100) and a portrait
-    one (84x60) in the four colours of the dummy, labels stored +1 (reduce_zero_label)."""
-    base = write_ade(root, n_train=2, val_values=())
-    rng = np.random.default_rng(7)
-    for i, (h, w) in enumerate([(60, 84), (84, 60), (60, 100)]):
-        image, label = blocky_image(rng, h, w, block=12)
-        label = (label + 1).astype(np.uint8)
-        label[:6, :6] = 0                                  # "other" -> ignored
-        Image.fromarray(image).save(base / "images/validation" / f"ADE_val_{i:08d}.jpg", quality=100)
-        Image.fromarray(label).save(base / "annotations/validation" / f"ADE_val_{i:08d}.png")
-    return root
+from iedp_jax.trainer import build_trainer
+from tests.fakes import write_nyu, write_protocol_ade
+from tests.helpers import ROOT, eval_cfg, small
+from tests.reference.protocols import DummyModel, depth_dummy, np_aug_test, seg150
 
 
 def ade_expected(src: ADE20KSource, crop, stride, img_scale, ratios, flip) -> dict:
     conf = np.zeros((150, 150), np.int64)
-    for img_path, ann_path in src.val_files:
+    for i in range(src.num_val):
+        img_path, ann_path = src.val_files.open(i)
         image = np.asarray(Image.open(img_path).convert("RGB"))
-        label = T.reduce_zero_label(np.asarray(Image.open(ann_path)))
+        label = transforms.reduce_zero_label(np.asarray(Image.open(ann_path)))
         pred = np_aug_test(image, crop, stride, img_scale, ratios, flip, seg150).argmax(-1)
         ok = label != 255
         np.add.at(conf, (label[ok].astype(int), pred[ok]), 1)
@@ -88,7 +47,7 @@ def ade_expected(src: ADE20KSource, crop, stride, img_scale, ratios, flip) -> di
 
 @pytest.mark.parametrize("mode", ["single", "multiscale"])
 def test_ade_protocol_equals_mmseg_transcription(tmp_path, mode):
-    src = ADE20KSource(fake_ade(tmp_path / "ade"), (32, 32))
+    src = ADE20KSource(write_protocol_ade(tmp_path / "ade"), (32, 32))
     crop, stride, img_scale, ratios = (32, 32), (21, 21), (128, 32), (1.0, 1.5)
     cfg = eval_cfg(crop, stride, img_scale=img_scale, scales=ratios, mode=mode, batch_size=2, num_visualizations=2)
     model = DummyModel(IEDPConfig(task=SEG, num_classes=150, num_queries=150), seg150)
@@ -137,11 +96,12 @@ def test_nyu_protocol_equals_vpd_transcription_with_eigen_crop(tmp_path):
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
     got = run_protocol(model, {"scale": jnp.float32(1.0)}, {}, src, mesh, cfg, out_dir=tmp_path / "eval")
     per = []
-    for rgb, dep, _ in src.val_files:
+    for i in range(src.num_val):
+        rgb, dep = src.val_files.open(i)
         image = np.asarray(Image.open(rgb).convert("RGB"))
         gt = np.asarray(Image.open(dep)).astype(np.float32) / 1000.0
         pred = np.clip(np_depth(image, crop, stride, True, depth_dummy), 1e-3, 10.0)
-        ok = (gt > 1e-3) & (gt <= 10.0) & T.eigen_crop_mask(*gt.shape)
+        ok = (gt > 1e-3) & (gt <= 10.0) & transforms.eigen_crop_mask(*gt.shape)
         d = pred[ok] - gt[ok]
         thresh = np.maximum(gt[ok] / pred[ok], pred[ok] / gt[ok])
         per.append({"rmse": np.sqrt(np.mean(d ** 2)), "abs_rel": np.mean(np.abs(d) / gt[ok]),
@@ -150,7 +110,7 @@ def test_nyu_protocol_equals_vpd_transcription_with_eigen_crop(tmp_path):
         assert got[k] == pytest.approx(np.mean([p[k] for p in per]), rel=1e-5), k
     assert got["num_images"] == 3 and got["protocol"] == {"crop": [48, 48], "stride": [16, 16], "flip": True}
     assert [p.name for p in (tmp_path / "eval" / "images").iterdir()] == ["00000_bathroom_rgb_00045.png"]
-    with pytest.raises(ValueError, match="segmentation protocol"):
+    with pytest.raises(ConfigError, match="segmentation protocol"):
         protocol_from_config(eval_cfg(crop, stride, mode="multiscale"), DEPTH)
 
 
@@ -163,7 +123,7 @@ def test_protocol_defaults_follow_the_crop():
     assert protocol_from_config(cfg, SEG).passes == [(0, False), (0, True), (1, False), (1, True), (2, False),
                                                      (2, True)]
     cfg.eval.mode = "fast"
-    with pytest.raises(ValueError, match="single' or 'multiscale"):
+    with pytest.raises(ConfigError, match="single' or 'multiscale"):
         protocol_from_config(cfg, SEG)
 
 
@@ -207,10 +167,10 @@ def test_evaluate_checkpoint_writes_results_and_images(smoke_workdir):
 
 def test_missing_checkpoint_is_one_clear_sentence(smoke_workdir, tmp_path):
     cfg = small()
-    with pytest.raises(FileNotFoundError, match="does not exist") as e:
+    with pytest.raises(InputError, match="does not exist") as e:
         evaluate_checkpoint(cfg, smoke_workdir, checkpoint=smoke_workdir / "checkpoints" / "123")
     assert str(e.value).count(". ") == 0 and str(e.value).endswith(".")
-    with pytest.raises(FileNotFoundError, match="there is no checkpoint in") as e:
+    with pytest.raises(InputError, match="there is no checkpoint in") as e:
         resolve_checkpoint(tmp_path)
     assert str(e.value).count(". ") == 0
     assert resolve_checkpoint(smoke_workdir) == (smoke_workdir / "checkpoints", 7)
@@ -227,35 +187,11 @@ def test_missing_checkpoint_is_one_clear_sentence(smoke_workdir, tmp_path):
                                                f"{tmp_path / 'checkpoints'}."]
 
 
-SHARDED_SCRIPT = r"""
-import json, sys
-from pathlib import Path
-import jax, jax.numpy as jnp
-sys.path.insert(0, sys.argv[2])
-from iedp_jax.infra import sharding
-from iedp_jax.data.folders import ADE20KSource
-from iedp_jax.evaluate import run_protocol
-from iedp_jax.model import SEG, IEDPConfig
-from tests.test_evaluate import DummyModel, eval_cfg, fake_ade, seg150
-assert len(jax.devices()) == 8
-src = ADE20KSource(fake_ade(Path(sys.argv[1])), (32, 32))
-cfg = eval_cfg((32, 32), (21, 21), img_scale=(128, 32), mode="single", batch_size=8, num_visualizations=3)
-model = DummyModel(IEDPConfig(task=SEG, num_classes=150, num_queries=150), seg150)
-out = {}
-for name, shape in (("data", (8, 1)), ("fsdp", (2, 4))):
-    r = run_protocol(model, {"scale": jnp.float32(1.0)}, {}, src, sharding.make_mesh(shape), cfg,
-                     out_dir=Path(sys.argv[1]) / name)
-    images = sorted(p.name for p in (Path(sys.argv[1]) / name / "images").iterdir())
-    out[name] = {"aAcc": r["aAcc"], "mIoU": r["mIoU"], "images": images}
-print(json.dumps(out))
-"""
-
-
 def test_protocol_sharded_over_8_devices(tmp_path):
     """Batches of 8 over a (8, 1) and a (2, 4) mesh: the metrics of the NumPy transcription, and
     the visualisations of this process's rows."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(tmp_path), str(ROOT)], env=env,
+    res = subprocess.run([sys.executable, "-m", "tests.scripts.sharded_eval", str(tmp_path)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])

@@ -5,21 +5,17 @@ validation batch, reduce_zero_label, scene names, millimetres -> metres, and cle
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
-from PIL import Image
 
-from tests.fakes import H, NYU_TEST, NYU_TRAIN, W, write_ade, write_nyu
-from iedp_jax.data.folders import (
-    ADE20K_CLASSES,
-    ADE20KSource,
-    NYUv2Source,
-    make_folder_dataset,
-    scene_from_path,
-)
+from tests.fakes import H, NYU_TEST, W, write_ade, write_nyu
+from iedp_jax.config import base_config
+from iedp_jax.data.ade20k import ADE20K_CLASSES, ADE20KSource
+from iedp_jax.data.catalog import make_dataset
+from iedp_jax.data.nyu import NYUv2Source, scene_from_path
+from iedp_jax.infra.errors import ConfigError, DatasetError
+from tests.helpers import train_batch
 
 CROP = (32, 32)
 
@@ -53,26 +49,26 @@ def test_ade_interface_and_train_batches(ade_dir):
     assert src.class_names[:5] == ("wall", "building", "sky", "floor", "tree")
     assert src.class_names[7] == "bed" and src.class_names[-1] == "flag"
     assert ADE20K_CLASSES[149] == "flag"
-    b = src.train_batch(3, 4, slice(None))
+    b = train_batch(src, 3, 4, slice(None))
     assert set(b) == {"image", "label"}
     assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.uint8
     assert b["label"].shape == (4, 32, 32) and b["label"].dtype == np.uint8
     # reduce_zero_label: stored 0..5 -> 255, 0..4; padding 255
     assert set(np.unique(b["label"])) <= {0, 1, 2, 3, 4, 255}
     # deterministic by (seed, step); a fresh source (a resumed run) gives the same batch
-    again = _ade(ade_dir).train_batch(3, 4, slice(None))
+    again = train_batch(_ade(ade_dir), 3, 4, slice(None))
     for k in b:
         np.testing.assert_array_equal(b[k], again[k])
-    other = src.train_batch(4, 4, slice(None))
+    other = train_batch(src, 4, 4, slice(None))
     assert not np.array_equal(b["image"], other["image"])
-    reseeded = ADE20KSource(ade_dir, CROP, seed=1, img_scale=(160, 40)).train_batch(3, 4, slice(None))
+    reseeded = train_batch(ADE20KSource(ade_dir, CROP, seed=1, img_scale=(160, 40)), 3, 4, slice(None))
     assert not np.array_equal(b["image"], reseeded["image"])
     # a process's rows equal the same rows of the global batch
-    part = src.train_batch(3, 4, slice(2, 4))
+    part = train_batch(src, 3, 4, slice(2, 4))
     for k in b:
         np.testing.assert_array_equal(part[k], b[k][2:4])
     # serial decoding gives the same as the thread pool
-    serial = _ade(ade_dir, num_workers=0).train_batch(3, 4, slice(None))
+    serial = train_batch(_ade(ade_dir, num_workers=0), 3, 4, slice(None))
     for k in b:
         np.testing.assert_array_equal(serial[k], b[k])
 
@@ -106,25 +102,25 @@ def test_ade_accepts_inner_folder_and_split_sizes(ade_dir):
     assert src.num_train == 3 and src.num_val == 3
     assert src.state(7) == {"next_step": 7, "seed": 0, "num_train": 3}
     src.restore({"next_step": 7, "seed": 0, "num_train": 3})
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ConfigError, match="seed"):
         src.restore({"next_step": 7, "seed": 5})
-    with pytest.raises(ValueError, match="written for 5 training examples, this dataset has 3"):
+    with pytest.raises(ConfigError, match="written for 5 training examples, this dataset has 3"):
         src.restore({"next_step": 7, "seed": 0, "num_train": 5})
 
 
 def test_ade_errors(tmp_path, ade_dir):
-    with pytest.raises(FileNotFoundError, match=r"ADEChallengeData2016/images/\{training,validation\}"):
+    with pytest.raises(DatasetError, match=r"ADEChallengeData2016/images/\{training,validation\}"):
         ADE20KSource(tmp_path / "nowhere")
     empty = tmp_path / "empty" / "ADEChallengeData2016"
     for sub in ("images/training", "images/validation", "annotations/training", "annotations/validation"):
         (empty / sub).mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="expected ADEChallengeData2016") as e:
+    with pytest.raises(DatasetError, match="expected ADEChallengeData2016") as e:
         ADE20KSource(tmp_path / "empty")
     assert str(e.value).count(". ") == 0     # one sentence
     broken = tmp_path / "broken"
     shutil.copytree(ade_dir, broken)
     (broken / "ADEChallengeData2016/annotations/training/ADE_train_00000002.png").unlink()
-    with pytest.raises(FileNotFoundError, match="ADE_train_00000002.jpg has no annotation"):
+    with pytest.raises(DatasetError, match="ADE_train_00000002.jpg has no annotation"):
         ADE20KSource(broken)
 
 
@@ -146,7 +142,7 @@ def test_nyu_interface_and_train_batches(nyu_dir):
     assert src.num_train == 4 and src.num_val == 3          # the 'None' line is skipped
     assert src.num_classes == 0 and src.class_names == ()
     assert src.scene_names == ("bathroom", "bedroom", "kitchen", "living_room", "study_room")
-    b = src.train_batch(2, 4, slice(None))
+    b = train_batch(src, 2, 4, slice(None))
     assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.uint8
     assert b["depth"].shape == (4, 32, 32) and b["depth"].dtype == np.float32
     assert b["scene"].shape == (4,) and b["scene"].dtype == np.int32
@@ -156,12 +152,12 @@ def test_nyu_interface_and_train_batches(nyu_dir):
     names = [src.scene_names[s] for s in b["scene"]]
     expected = [["kitchen", "kitchen", "living_room", "study_room"][i] for i in src.train_indices(2, 4)]
     assert names == expected
-    again = NYUv2Source(root, CROP, seed=0).train_batch(2, 4, slice(None))
+    again = train_batch(NYUv2Source(root, CROP, seed=0), 2, 4, slice(None))
     for k in b:
         np.testing.assert_array_equal(b[k], again[k])
-    other = src.train_batch(3, 4, slice(None))
+    other = train_batch(src, 3, 4, slice(None))
     assert not np.array_equal(b["depth"], other["depth"])
-    part = src.train_batch(2, 4, slice(1, 3))
+    part = train_batch(src, 2, 4, slice(1, 3))
     for k in b:
         np.testing.assert_array_equal(part[k], b[k][1:3])
 
@@ -202,27 +198,48 @@ def test_nyu_split_file_locations(tmp_path):
 
 
 def test_nyu_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="expected the BTS layout sync/"):
+    with pytest.raises(DatasetError, match="expected the BTS layout sync/"):
         NYUv2Source(tmp_path / "nowhere")
     write_nyu(tmp_path / "x")
     (tmp_path / "x/splits/nyudepthv2_test_files_with_gt.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="nyudepthv2_test_files_with_gt.txt"):
+    with pytest.raises(DatasetError, match="nyudepthv2_test_files_with_gt.txt"):
         NYUv2Source(tmp_path / "x")
     write_nyu(tmp_path / "y")
     (tmp_path / "y/sync/kitchen_0003/sync_depth_00046.png").unlink()
-    with pytest.raises(FileNotFoundError, match="sync_depth_00046.png, which does not exist"):
+    with pytest.raises(DatasetError, match="sync_depth_00046.png, which does not exist"):
         NYUv2Source(tmp_path / "y")
     write_nyu(tmp_path / "z")
     with pytest.raises(ValueError, match="smaller than"):
-        NYUv2Source(tmp_path / "z", (64, 64)).train_batch(0, 1, slice(None))
+        train_batch(NYUv2Source(tmp_path / "z", (64, 64)), 0, 1, slice(None))
 
 
-def test_make_folder_dataset(ade_dir, nyu_dir):
-    cfg = ConfigDict(dict(name="ade20k", data_dir=str(ade_dir), crop_size=(32, 32)))
-    assert isinstance(make_folder_dataset(cfg, 0), ADE20KSource)
-    cfg = ConfigDict(dict(name="nyu", data_dir=str(nyu_dir[0]), crop_size=(32, 32)))
-    assert isinstance(make_folder_dataset(cfg, 0), NYUv2Source)
-    with pytest.raises(ValueError, match="not a folder dataset"):
-        make_folder_dataset(ConfigDict(dict(name="voc", data_dir="x", crop_size=(32, 32))), 0)
-    with pytest.raises(ValueError, match="data_dir"):
-        make_folder_dataset(ConfigDict(dict(name="nyu", data_dir="", crop_size=(32, 32))), 0)
+def _data_cfg(**fields):
+    cfg = base_config().data
+    cfg.update(fields)
+    return cfg
+
+
+def test_make_dataset_dispatches_on_name_and_format(ade_dir, nyu_dir):
+    for fmt in ("folders",):
+        assert isinstance(make_dataset(_data_cfg(name="ade20k", data_dir=str(ade_dir), format=fmt), 0), ADE20KSource)
+        assert isinstance(make_dataset(_data_cfg(name="nyu", data_dir=str(nyu_dir[0]), format=fmt), 0), NYUv2Source)
+    with pytest.raises(ConfigError, match="data.name='voc' is not known"):
+        make_dataset(_data_cfg(name="voc", data_dir="x"), 0)
+    with pytest.raises(ConfigError, match="data_dir"):
+        make_dataset(_data_cfg(name="nyu", data_dir="", format="folders"), 0)
+    with pytest.raises(ConfigError, match="data.format='zip' is not known"):
+        make_dataset(_data_cfg(name="nyu", data_dir=str(nyu_dir[0]), format="zip"), 0)
+
+
+def test_full_resolution_examples(ade_dir, nyu_dir):
+    """What the protocols score: the whole image and its reduced label / depth with the Eigen mask."""
+    ade = _ade(ade_dir)
+    ex = ade.val_image(1)
+    assert ex["image"].shape == (H, W, 3) and ex["image"].dtype == np.uint8
+    assert (ex["label"] == 2).all()                         # stored 3, reduce_zero_label -> 2
+    assert ade.val_size(1) == (H, W) and ade.val_name(1) == "ADE_val_00000001"
+    nyu = NYUv2Source(nyu_dir[0], CROP)
+    ex = nyu.val_image(0)
+    np.testing.assert_allclose(ex["depth"], nyu_dir[1][NYU_TEST[0]] / 1000.0, rtol=1e-6)
+    assert ex["mask"].dtype == bool and ex["mask"].sum() < ex["mask"].size    # the Eigen crop
+    assert nyu.val_name(0) == f"{NYU_TEST[0]}_rgb_00045"

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iedp_jax.losses import cross_entropy, resize_bilinear, silog
+from iedp_jax.losses import cross_entropy, silog
+from iedp_jax.sd.layers import resize_bilinear
 from tests.helpers import rel_err
 
 torch = pytest.importorskip("torch")

@@ -17,8 +17,8 @@ import pytest
 
 from iedp_jax.infra import distributed
 from iedp_jax.infra.compile import Synchronized
-from iedp_jax.evaluate import evaluate_checkpoint
-from iedp_jax.train import train
+from iedp_jax.eval.runner import evaluate_checkpoint
+from iedp_jax.trainer import train
 from tests.helpers import quick_compile
 from tests.helpers import ROOT, params_of, small
 
@@ -142,8 +142,8 @@ def test_memory_plan_counts_shards():
                                         [Quarter(), NamedSharding(mesh, P())]) == 256 * 8 * 4 + 3 * 2
     state = {"params": {"w": jnp.zeros((1024, 8))}, "opt_state": ({"mu": jnp.zeros((1024, 8)), "nu": jnp.zeros((1024, 8))},)}
     p = memory.plan(state, {"vae": jnp.zeros((10,), jnp.bfloat16)})
-    assert p["params"] == p["params_full"] == 32768 / memory_plan.GIB
-    assert p["optimizer"] == 2 * 32768 / memory_plan.GIB and p["frozen"] == 20 / memory_plan.GIB
+    assert p["params"] == p["params_full"] == 32768 / memory.GIB
+    assert p["optimizer"] == 2 * 32768 / memory.GIB and p["frozen"] == 20 / memory.GIB
     assert "params 0.000 GiB" in memory.describe(p, {"data": 1, "fsdp": 1})
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from iedp_jax.sd.schedule import NoiseSchedule, add_noise, from_config, load_noise_schedule
+from iedp_jax.sd.weights import WeightsError
 from tests.helpers import rel_err
 
 CASES = {
@@ -80,15 +81,18 @@ def test_trained_betas():
 
 def test_unknown_beta_schedule(tmp_path):
     (tmp_path / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "sigmoid"}))
-    with pytest.raises(ValueError, match="beta_schedule 'sigmoid' is not supported") as e:
+    with pytest.raises(WeightsError, match="beta_schedule 'sigmoid' is not supported") as e:
         load_noise_schedule(tmp_path)
     assert "scheduler_config.json" in str(e.value)
-    with pytest.raises(ValueError, match="'cosine'"):
+    with pytest.raises(WeightsError, match="'cosine'"):
         from_config({"beta_schedule": "cosine"})
-    with pytest.raises(ValueError, match="prediction_type 'flow'"):
+    with pytest.raises(WeightsError, match="prediction_type 'flow'"):
         from_config({"prediction_type": "flow"})
 
 
-def test_missing_config(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No scheduler_config.json"):
+def test_missing_or_unreadable_config(tmp_path):
+    with pytest.raises(WeightsError, match="No scheduler_config.json"):
         load_noise_schedule(tmp_path / "nowhere")
+    (tmp_path / "scheduler_config.json").write_text('{"beta_schedule": ')
+    with pytest.raises(WeightsError, match="scheduler_config.json' is not valid JSON"):
+        load_noise_schedule(tmp_path)

@@ -183,7 +183,7 @@ def test_second_call_does_not_rewrite(root):
 def test_leftover_temp_empty_folder_and_same_bytes(root, tmp_path, monkeypatch):
     calls = []
     real = tiny._write_backbone
-    monkeypatch.setattr(synthetic, "_write_backbone", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(tiny, "_write_backbone", lambda *a: calls.append(a) or real(*a))
     # a crashed earlier writer left a partial temp folder beside the target
     stale = tmp_path / ".tiny.tmp-crashed"
     (stale / "unet").mkdir(parents=True)
@@ -204,7 +204,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
         (tmp / "unet").mkdir()
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synthetic, "_write_backbone", boom)
+    monkeypatch.setattr(tiny, "_write_backbone", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         write_tiny_backbone(tmp_path / "tiny")
     assert list(tmp_path.iterdir()) == []

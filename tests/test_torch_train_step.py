@@ -1,4 +1,4 @@
-"""The PyTorch reference of the IEDP train step (benchmarks/torch_train_step.py) against ours.
+"""The PyTorch reference of the IEDP train step (tests/reference/torch_iedp.py) against ours.
 
 On the tiny smoke backbone, with the JAX train state copied into the torch modules and the same
 batch: the losses, the explicit prompts and the parameters after one AdamW step agree. One JAX
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import torch_train_step as T
 from iedp_jax.infra import sharding
 from iedp_jax.builder import resolve_backbone
 from iedp_jax.prompts import build_prompts, present_classes
 from iedp_jax.train import build_trainer
-from tests.helpers import small
+from tests.helpers import small, train_batch
+from tests.reference import torch_iedp
 
 BATCH = 4
 # One xdist worker for the whole module, so the module fixture (one JAX compilation) is built once.
@@ -41,7 +41,7 @@ def pair(tmp_path_factory) -> dict[str, Any]:
     jax.config.update("jax_disable_most_optimizations", True)
     try:
         t = build_trainer(cfg, workdir, mesh)
-        batch = t.dataset.train_batch(0, BATCH, slice(None))
+        batch = train_batch(t.dataset, 0, BATCH, slice(None))
         batch["label"] = batch["label"].copy()
         batch["label"][0, :8, :] = cfg.data.ignore_index  # exercise the ignore index
         before = jax.device_get(t.state["params"])  # the step donates the state
@@ -52,12 +52,12 @@ def pair(tmp_path_factory) -> dict[str, Any]:
 
     torch.manual_seed(0)
     sd, clip = resolve_backbone(cfg, workdir)
-    ref = T.load_reference(sd, clip, t.model.config, t.model.prompts)
-    T.copy_jax_params(ref, before)
-    opt, schedule = T.make_optimizer(ref, cfg.optim, int(cfg.train.total_steps))
-    tb = T.to_torch_batch(batch, "cpu")
+    ref = torch_iedp.load_reference(sd, clip, t.model.config, t.model.prompts)
+    torch_iedp.copy_jax_params(ref, before)
+    opt, schedule = torch_iedp.make_optimizer(ref, cfg.optim, int(cfg.train.total_steps))
+    tb = torch_iedp.to_torch_batch(batch, "cpu")
     ids, last = ref.explicit_prompts(tb["label"])
-    tm = T.train_step(ref, opt, schedule, tb, 0, cfg.optim.clip_grad_norm)
+    tm = torch_iedp.train_step(ref, opt, schedule, tb, 0, cfg.optim.clip_grad_norm)
     return dict(cfg=cfg, workdir=workdir, model=t.model, batch=batch, before=before, after=after, metrics=metrics,
                 ref=ref, torch_metrics={k: float(v) for k, v in tm.items()}, ids=ids, last=last)
 
@@ -86,7 +86,8 @@ def test_explicit_prompts_match_exactly(pair):
         table = model.prompts.replace(length=length)
         present = rng.random((16, cfg.num_classes)) < 0.5
         ids, last = build_prompts(table, jnp.asarray(present))
-        tids, tlast = T.build_prompts(T.PromptTable.from_arrays(table), torch.from_numpy(present))
+        tids, tlast = torch_iedp.build_prompts(torch_iedp.PromptTable.from_arrays(table),
+                                               torch.from_numpy(present))
         np.testing.assert_array_equal(tids.numpy(), np.asarray(ids))
         np.testing.assert_array_equal(tlast.numpy(), np.asarray(last))
 
@@ -99,8 +100,8 @@ def test_one_adamw_step_matches(pair):
     ref = pair["ref"]
     worst = []
     for name, module in ref.trained_modules().items():
-        old = T.jax_to_state_dict(pair["before"][name], module, diffusers_names=name == "unet")
-        new = T.jax_to_state_dict(pair["after"][name], module, diffusers_names=name == "unet")
+        old = torch_iedp.jax_to_state_dict(pair["before"][name], module, diffusers_names=name == "unet")
+        new = torch_iedp.jax_to_state_dict(pair["after"][name], module, diffusers_names=name == "unet")
         got = module.state_dict()
         for k in old:
             want, have = (new[k] - old[k]).double(), (got[k] - old[k]).double()
@@ -122,10 +123,10 @@ def test_bfloat16_autocast_step_runs(pair):
     near the float32 one."""
     cfg, model = pair["cfg"], pair["model"]
     sd, clip = resolve_backbone(cfg, pair["workdir"])
-    ref = T.load_reference(sd, clip, model.config, model.prompts, dtype=torch.bfloat16)
-    T.copy_jax_params(ref, pair["before"])
-    opt, schedule = T.make_optimizer(ref, cfg.optim, int(cfg.train.total_steps))
-    m = T.train_step(ref, opt, schedule, T.to_torch_batch(pair["batch"], "cpu"), 0, 1.0)
+    ref = torch_iedp.load_reference(sd, clip, model.config, model.prompts, dtype=torch.bfloat16)
+    torch_iedp.copy_jax_params(ref, pair["before"])
+    opt, schedule = torch_iedp.make_optimizer(ref, cfg.optim, int(cfg.train.total_steps))
+    m = torch_iedp.train_step(ref, opt, schedule, torch_iedp.to_torch_batch(pair["batch"], "cpu"), 0, 1.0)
     assert ref.vae.encoder.conv_in.weight.dtype == torch.bfloat16
     assert ref.unet.conv_in.weight.dtype == torch.float32
     assert _rel(float(m["loss"]), pair["torch_metrics"]["loss"]) < 5e-2

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +13,12 @@ import numpy as np
 import pytest
 
 from iedp_jax.infra import sharding
-from iedp_jax.infra.checkpoint import Checkpointer, abstract_like
+from iedp_jax.infra.checkpoint import Checkpointer
 from iedp_jax.prompts import class_prompt_table
 from iedp_jax.sd import load_tokenizer
-from iedp_jax.train import NonFiniteLoss, build_trainer, train
-from tests.helpers import ROOT, load_config, params_of, quick_compile, small
+from iedp_jax.infra.errors import ConfigError, NonFiniteLoss
+from iedp_jax.trainer import build_trainer, train
+from tests.helpers import ROOT, load_config, params_of, quick_compile, small, train_batch
 
 @pytest.mark.xdist_group("seg_learns")
 def test_smoke_seg_learns(tmp_path):
@@ -73,23 +72,19 @@ def test_resume_is_bit_exact(straight, tmp_path):
     assert (tmp_path / "resumed" / "results.json").is_file()
 
 
-def _components(cfg, workdir, mesh):
-    t = build_trainer(cfg, Path(workdir), mesh)
-    return t.dataset, t.model, t.frozen, t.state, t.step_fn
-
-
 @pytest.mark.usefixtures("quick")
 def test_no_recompilation_and_label_free_inference(tmp_path):
     cfg = small()
     mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
-    dataset, model, frozen, state, step = _components(cfg, tmp_path, mesh)
+    t = build_trainer(cfg, tmp_path, mesh)
+    dataset, model, frozen, state, step = t.dataset, t.model, t.frozen, t.state, t.step_fn
     for s in range(3):
-        state, metrics = step(state, frozen, sharding.global_batch(mesh, dataset.train_batch(s, 4, slice(None))))
+        state, metrics = step(state, frozen, sharding.global_batch(mesh, train_batch(dataset, s, 4, slice(None))))
     assert step.cache_size() == 1
     assert int(state["step"]) == 3
     # Inference takes images only and does not touch the explicit branch: a model whose class
     # prompts are different (or absent) predicts exactly the same thing.
-    images = jnp.asarray(dataset.train_batch(9, 4, slice(None))["image"])
+    images = jnp.asarray(train_batch(dataset, 9, 4, slice(None))["image"])
     pred = jax.jit(model.predict)(state["params"], frozen, images)
     tok = load_tokenizer(tmp_path / "tiny_backbone")
     other = model.__class__(**{**model.__dict__, "prompts": class_prompt_table(tok, ["cat", "dog", "x", "y", "z"])})
@@ -97,7 +92,7 @@ def test_no_recompilation_and_label_free_inference(tmp_path):
     none = model.__class__(**{**model.__dict__, "prompts": None})
     np.testing.assert_array_equal(pred, jax.jit(none.predict)(state["params"], frozen, images))
     # ...while the training loss does depend on the labels through the explicit branch.
-    batch = dataset.train_batch(9, 4, slice(None))
+    batch = train_batch(dataset, 9, 4, slice(None))
     loss = jax.jit(model.loss)
     l1 = loss(state["params"], frozen, batch, jax.random.PRNGKey(0))[1]["loss_explicit"]
     batch["label"] = np.zeros_like(batch["label"])
@@ -118,32 +113,8 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(straight, tmp_path):
 
 def test_missing_pretrained_folder_is_one_clear_sentence(tmp_path):
     cfg = small(**{"model.tiny_backbone": False, "model.pretrained": str(tmp_path / "sd15")})
-    with pytest.raises(FileNotFoundError, match="stable-diffusion-v1-5 in diffusers format"):
+    with pytest.raises(ConfigError, match="stable-diffusion-v1-5 in diffusers format"):
         train(cfg, tmp_path)
-
-
-FSDP_SCRIPT = r"""
-import json, sys
-import jax, numpy as np
-sys.path.insert(0, sys.argv[2])
-from tests.test_train import small, _components
-from iedp_jax.infra import sharding
-out = {}
-for name, shape, devs in (("one", (1, 1), jax.devices()[:1]), ("mesh", (2, 4), jax.devices())):
-    # A large Adam eps makes the first update proportional to the gradient (with the default eps
-    # it is lr * sign(g), which turns rounding-level gradient differences into O(lr) ones).
-    cfg = small(**{"train.batch_size": 8, "optim.eps": 1.0})
-    mesh = sharding.make_mesh(shape, devs)
-    dataset, model, frozen, state, step = _components(cfg, sys.argv[1], mesh)
-    specs = {str(l.sharding.spec) for l in jax.tree.leaves(state["params"])}
-    state, metrics = step(state, frozen, sharding.global_batch(mesh, dataset.train_batch(0, 8, slice(None))))
-    out[name] = (float(metrics["loss"]), float(metrics["grad_norm"]), [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state["params"]))], specs)
-assert len(jax.devices()) == 8
-(l1, g1, p1, _), (l2, g2, p2, specs) = out["one"], out["mesh"]
-assert any("fsdp" in s for s in specs), specs
-err = max(float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)) for a, b in zip(p1, p2))
-print(json.dumps({"loss_one": l1, "loss_mesh": l2, "grad_one": g1, "grad_mesh": g2, "param_rel_err": err}))
-"""
 
 
 @pytest.mark.xdist_group("fsdp")
@@ -152,34 +123,13 @@ def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
     fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {fast}", JAX_PLATFORMS="cpu",
                JAX_DISABLE_MOST_OPTIMIZATIONS="1")
-    res = subprocess.run([sys.executable, "-c", FSDP_SCRIPT, str(tmp_path), str(ROOT)], env=env,
+    res = subprocess.run([sys.executable, "-m", "tests.scripts.fsdp_equivalence", str(tmp_path)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert abs(got["loss_one"] - got["loss_mesh"]) <= 1e-5 * abs(got["loss_one"])
     assert abs(got["grad_one"] - got["grad_mesh"]) <= 1e-4 * got["grad_one"]
     assert got["param_rel_err"] < 1e-4
-
-
-@pytest.mark.xdist_group("ade_config")
-@pytest.mark.usefixtures("quick")
-def test_ade_config_runs_on_a_fake_ade_copy(tmp_path):
-    """The real configs/ade.py path (tfds prepared from the folder, grain, VPD transforms, 150
-    classes) trains and evaluates."""
-    from tests.fakes import write_ade
-
-    data = write_ade(tmp_path / "ade", n_train=4)
-    cfg = load_config("ade", **{
-        "model.tiny_backbone": True, "data.data_dir": str(data), "data.crop_size": (64, 64),
-        "data.tfds_dir": str(tmp_path / "tfds"),
-        "model.fpn_channels": 32, "model.head_channels": 32, "model.head_groups": 8, "model.decoder_heads": 4,
-        "train.total_steps": 2, "train.batch_size": 2, "train.eval_batch_size": 2, "train.ckpt_every": 2,
-        "train.log_every": 1, "optim.warmup_steps": 1})
-    assert cfg.data.format == "tfds"
-    results = train(cfg, tmp_path / "work")
-    assert len(results["IoU"]) == 150 and 0.0 <= results["aAcc"] <= 1.0
-    assert results["num_images"] == 3
-    assert list((tmp_path / "tfds" / "iedp_ade20k").glob("*/*.array_record-*"))
 
 
 @pytest.mark.xdist_group("depth_learns")

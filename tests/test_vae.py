@@ -200,6 +200,30 @@ def test_unexpected_tensor(small_root, tmp_path):
         load_vae(folder)
 
 
+@pytest.mark.parametrize("keep", ["most", "header_only", "half_header", "four_bytes"])
+def test_truncated_weights_file_is_named(small_root, tmp_path, keep):
+    """A truncated (or partly copied) safetensors file is a WeightsError naming the file, before
+    any tensor is read."""
+    folder = _rewrite(small_root, tmp_path)
+    path = folder / WEIGHTS
+    data = path.read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    size = {"most": len(data) - 100, "header_only": header_end, "half_header": header_end // 2,
+            "four_bytes": 4}[keep]
+    path.write_bytes(data[:size])
+    with pytest.raises(WeightsError) as e:
+        load_vae(folder)
+    assert str(path) in str(e.value) and f"({size} bytes)" in str(e.value), str(e.value)
+    assert "truncated" in str(e.value)
+
+
+def test_unreadable_config_is_named(small_root, tmp_path):
+    folder = _rewrite(small_root, tmp_path)
+    (folder / "config.json").write_text('{"act_fn": "silu",')
+    with pytest.raises(WeightsError, match="config.json' is not valid JSON"):
+        load_vae(folder)
+
+
 @pytest.mark.parametrize("field,value,named", [
     ("act_fn", "gelu", "act_fn 'gelu'"),
     ("down_block_types", ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], "'AttnDownEncoderBlock2D'"),

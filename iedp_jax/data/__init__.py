@@ -1,8 +1,6 @@
-"""Data: dataset readers for the perception tasks and synthetic data for smoke tests.
-
-- :mod:`iedp_jax.data.synthetic`: a tiny random Stable Diffusion pipeline folder in the real
-  diffusers layout (:func:`~iedp_jax.data.synthetic.write_tiny_backbone`) and small, fully
-  deterministic segmentation / depth datasets that a tiny model can learn
-  (:class:`~iedp_jax.data.synthetic.SyntheticSegmentation`,
-  :class:`~iedp_jax.data.synthetic.SyntheticDepth`).
-"""
+"""IEDP's data: the data-source protocol (:mod:`~iedp_jax.data.sources`), one module per dataset
+holding its reader and its tfds builder (:mod:`~iedp_jax.data.ade20k`,
+:mod:`~iedp_jax.data.nyu`, :mod:`~iedp_jax.data.synthetic`), the one dispatcher from
+``data.name`` (:mod:`~iedp_jax.data.catalog`), the mmseg / VPD transforms
+(:mod:`~iedp_jax.data.transforms`), the training order (:mod:`~iedp_jax.data.order`) and the grain
+input pipeline (:mod:`~iedp_jax.data.pipeline`)."""

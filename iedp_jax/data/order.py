@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from iedp_jax.infra.errors import ConfigError
+
 
 class EpochOrder:
     """Mixin: needs ``self.seed`` and ``self.num_train``; provides :meth:`train_indices` and the
@@ -44,8 +46,8 @@ class EpochOrder:
     def restore(self, state: dict[str, Any]) -> None:
         """Checks that a checkpoint's order is this run's order."""
         if state and state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"the checkpoint was written with seed {state['seed']}, this run uses "
+            raise ConfigError(f"the checkpoint was written with seed {state['seed']}, this run uses "
                              f"{self.seed}: keep the seed to resume, or use a new --workdir.")
         if state and state.get("num_train", self.num_train) != self.num_train:
-            raise ValueError(f"the checkpoint was written for {state['num_train']} training examples, this "
+            raise ConfigError(f"the checkpoint was written for {state['num_train']} training examples, this "
                              f"dataset has {self.num_train}: resume on the same data, or use a new --workdir.")

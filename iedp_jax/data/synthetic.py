@@ -1,27 +1,23 @@
-"""Synthetic datasets for smoke runs and tests (the tiny backbone they pair with is
-:mod:`iedp_jax.sd.tiny`).
+"""Synthetic datasets for smoke runs and tests, as data sources (the tiny backbone they pair with
+is :mod:`iedp_jax.sd.tiny`).
 
 - :class:`SyntheticSegmentation` and :class:`SyntheticDepth` are infinite, fully deterministic
   datasets (a function of ``(seed, split, index)``) that a tiny model can learn: textured
   rectangles on an 8-pixel grid (so 1/8-resolution logits can be exact) and per-scene smooth depth
   fields whose image brightness encodes the depth.
+- :class:`SyntheticSource` serves either as a :class:`~iedp_jax.data.sources.DataSource`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
-import tempfile
 import zlib
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from iedp_jax.data.order import EpochOrder
+from iedp_jax.infra.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------
 # Datasets.
@@ -83,9 +79,9 @@ class SyntheticSegmentation:
 
     def __init__(self, num_classes: int = 5, image_size: int = 64, seed: int = 0) -> None:
         if not 2 <= num_classes <= self.max_classes:
-            raise ValueError(f"num_classes must be in [2, {self.max_classes}], got {num_classes}.")
+            raise ConfigError(f"num_classes must be in [2, {self.max_classes}], got {num_classes}.")
         if image_size < 2 * GRID or image_size % GRID:
-            raise ValueError(f"image_size must be a multiple of {GRID} and at least {2 * GRID}, "
+            raise ConfigError(f"image_size must be a multiple of {GRID} and at least {2 * GRID}, "
                              f"got {image_size}.")
         self.num_classes = num_classes
         self.image_size = image_size
@@ -165,7 +161,7 @@ class SyntheticDepth:
 
     def __init__(self, image_size: int = 64, seed: int = 0) -> None:
         if image_size < 8:
-            raise ValueError(f"image_size must be at least 8, got {image_size}.")
+            raise ConfigError(f"image_size must be at least 8, got {image_size}.")
         self.image_size = image_size
         self.seed = seed
 
@@ -211,8 +207,66 @@ class SyntheticDepth:
         return out
 
 
-__all__ = [
-    "MARKER", "SyntheticDepth", "SyntheticSegmentation", "TOKENIZER_WORDS", "random_params",
-    "scheduler_config", "tiny_clip_vocab", "tiny_text_config", "tiny_unet_config",
-    "tiny_vae_config", "tiny_vision_config", "write_tiny_backbone",
-]
+class SyntheticSource(EpochOrder):
+    """A synthetic dataset as a :class:`~iedp_jax.data.sources.DataSource`; its full resolution
+    is the crop size (every pixel is scored)."""
+
+    def __init__(self, data, task: str, train_size: int, val_size: int, seed: int,
+                 ignore_index: int = 255) -> None:
+        if train_size <= 0 or val_size <= 0:
+            raise ConfigError("data.train_size and data.val_size must be positive.")
+        self.data, self.task = data, task
+        self.num_train, self.num_val = int(train_size), int(val_size)
+        self.seed, self.ignore_index = seed, ignore_index
+        self.class_names: tuple[str, ...] = tuple(getattr(data, "class_names", ()))
+        self.scene_names: tuple[str, ...] = tuple(getattr(data, "scene_names", ()))
+        self.num_classes = len(self.class_names)
+        self.batch_keys = ("image", "label") if task == "seg" else ("image", "depth", "scene")
+
+    def _select(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k: batch[k] for k in self.batch_keys}
+        if "scene" in out:
+            out["scene"] = out["scene"].astype(np.int32)
+        if "depth" in out:
+            out["depth"] = out["depth"].astype(np.float32)
+        return out
+
+    def train_example(self, step: int, row: int, batch_size: int) -> dict[str, np.ndarray]:
+        batch = self._select(self.data.batch("train", [self.train_index(step, row, batch_size)]))
+        return {k: v[0] for k, v in batch.items()}
+
+    def val_batches(self, batch_size: int, rows: slice) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.num_val, batch_size):
+            idx = np.arange(start, start + batch_size)
+            valid = idx < self.num_val
+            batch = self._select(self.data.batch("val", np.minimum(idx, self.num_val - 1).tolist()))
+            if "label" in batch:
+                batch["label"] = np.where(valid[:, None, None], batch["label"], self.ignore_index).astype(np.uint8)
+            if "depth" in batch:
+                batch["depth"] = np.where(valid[:, None, None], batch["depth"], 0.0).astype(np.float32)
+            yield {k: v[rows] for k, v in batch.items()}
+
+    def val_size(self, index: int) -> tuple[int, int]:
+        return self.data.image_size, self.data.image_size
+
+    def val_name(self, index: int) -> str:
+        return f"val_{index:05d}"
+
+    def val_image(self, index: int) -> dict[str, np.ndarray]:
+        ex = self.data.example("val", index)
+        if self.task == "seg":
+            return {"image": np.asarray(ex["image"], np.uint8), "label": np.asarray(ex["label"], np.uint8)}
+        depth = np.asarray(ex["depth"], np.float32)
+        return {"image": np.asarray(ex["image"], np.uint8), "depth": depth, "mask": np.ones(depth.shape, bool)}
+
+
+def open_source(cfg_data, seed: int) -> SyntheticSource:
+    """The source of ``data.name`` in {'synthetic_seg', 'synthetic_depth'} (square crops)."""
+    h, w = cfg_data.crop_size
+    if h != w:
+        raise ConfigError(f"synthetic datasets are square: set data.crop_size to (N, N), got {tuple(cfg_data.crop_size)}.")
+    if cfg_data.name == "synthetic_seg":
+        data = SyntheticSegmentation(num_classes=cfg_data.num_classes, image_size=h, seed=seed)
+        return SyntheticSource(data, "seg", cfg_data.train_size, cfg_data.val_size, seed, cfg_data.ignore_index)
+    data = SyntheticDepth(image_size=h, seed=seed)
+    return SyntheticSource(data, "depth", cfg_data.train_size, cfg_data.val_size, seed, cfg_data.ignore_index)

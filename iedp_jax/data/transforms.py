@@ -37,6 +37,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from iedp_jax.infra.errors import ConfigError
+
 IGNORE_INDEX = 255
 
 # NYUv2 Eigen crop (Eigen et al. 2014, as used by BTS/GLPDepth/VPD) for 480x640 images.
@@ -348,7 +350,7 @@ def render_depth(depth: np.ndarray, max_depth: float = 10.0, render: str = "scal
         return _to_uint8(255.0 * np.clip(depth / max_depth, 0.0, 1.0))
     if render == "vpd":
         return (np.rint(depth * 1000.0).astype(np.int64) % 256).astype(np.uint8)
-    raise ValueError(f"render={render!r} is not known: use 'scaled' or 'vpd'.")
+    raise ConfigError(f"render={render!r} is not known: use 'scaled' or 'vpd'.")
 
 
 def paste_depth(image: np.ndarray, depth: np.ndarray, box: tuple[int, int, int, int],
@@ -422,7 +424,7 @@ def nyu_train_transform(image: np.ndarray, depth: np.ndarray, rng: np.random.Gen
     if depth.shape != (h, w):
         raise ValueError(f"image {image.shape[:2]} and depth {depth.shape} differ in size.")
     if h < ch or w < cw:
-        raise ValueError(f"a {h}x{w} image is smaller than the {ch}x{cw} crop: lower data.crop_size.")
+        raise ConfigError(f"a {h}x{w} image is smaller than the {ch}x{cw} crop: lower data.crop_size.")
     if rng.random() < cutdepth_prob:
         box = cutdepth_box(h, w, rng, cutdepth_p, cutdepth_full_height)
         image = paste_depth(image, depth, box, max_depth, cutdepth_render)
@@ -436,7 +438,7 @@ def nyu_train_transform(image: np.ndarray, depth: np.ndarray, rng: np.random.Gen
     elif color_jitter == "bts":
         image = bts_color_jitter(image, rng)
     elif color_jitter is not None:
-        raise ValueError(f"color_jitter={color_jitter!r} is not known: use 'vpd', 'bts' or None.")
+        raise ConfigError(f"color_jitter={color_jitter!r} is not known: use 'vpd', 'bts' or None.")
     return np.ascontiguousarray(image), np.ascontiguousarray(depth, dtype=np.float32)
 
 

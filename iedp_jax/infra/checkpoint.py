@@ -13,13 +13,26 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
+
+from iedp_jax.infra.errors import ConfigError, InputError
+from iedp_jax.infra.sharding import replicated
 
 PyTree = Any
 
 
+ITEMS = ("state", "data", "meta")
+
+
+def _manager(directory: Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+    """The one orbax layout: items ``state``, ``data`` and ``meta`` under step folders."""
+    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+
+
 class Checkpointer:
-    """Saves every ``every`` steps (and when forced), keeps ``keep``, restores the latest.
+    """Saves when told (the trainer decides the cadence), keeps ``keep``, restores the latest.
 
     A checkpoint holds three items: ``state`` (the sharded train state, written by all processes
     together), ``data`` (grain's iterator state, one JSON file per process) and ``meta`` (the
@@ -28,12 +41,10 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, every: int, keep: int = 3) -> None:
         if every <= 0:
-            raise ValueError(f"train.ckpt_every must be positive, got {every}.")
-        options = ocp.CheckpointManagerOptions(save_interval_steps=every, max_to_keep=keep, create=True,
-                                               cleanup_tmp_directories=True)
+            raise ConfigError(f"train.ckpt_every must be positive, got {every}.")
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data", "meta"))
+        self.manager = _manager(self.directory, ocp.CheckpointManagerOptions(
+            save_interval_steps=every, max_to_keep=keep, create=True, cleanup_tmp_directories=True))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -72,3 +83,61 @@ class Checkpointer:
 def abstract_like(tree: PyTree) -> PyTree:
     """``ShapeDtypeStruct``s with shardings, the restore target for ``tree``."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _step_folders(folder: Path) -> list[int]:
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def resolve_checkpoint(workdir: str | os.PathLike, checkpoint: str | os.PathLike | None = None
+                       ) -> tuple[Path, int]:
+    """``(checkpoints folder, step)``: the latest step of ``workdir/checkpoints``, or ``checkpoint``
+    (a step folder such as ``.../checkpoints/2000``, or a folder of step folders). A missing
+    folder or one without a checkpoint is a ``FileNotFoundError`` of one sentence."""
+    workdir = Path(workdir)
+    default = workdir / "checkpoints"
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not path.is_dir():
+            raise InputError(
+                f"the checkpoint folder {path} does not exist: pass a step folder such as {default / '2000'}, "
+                f"or leave --checkpoint out to use the latest checkpoint in {default}.")
+        if path.name.isdigit():
+            return path.parent, int(path.name)
+        steps = _step_folders(path)
+        if not steps:
+            raise InputError(f"{path} is neither a checkpoint step folder (named by its step, e.g. "
+                                    f"{path / '2000'}) nor a folder holding them.")
+        return path, steps[-1]
+    steps = _step_folders(default) if default.is_dir() else []
+    if not steps:
+        raise InputError(f"there is no checkpoint in {default}: train into this workdir first "
+                                "or pass --checkpoint=PATH/TO/checkpoints/STEP.")
+    return default, steps[-1]
+
+
+def restore_params(directory: str | os.PathLike, step: int, abstract_params: PyTree) -> tuple[PyTree, int]:
+    """The trained parameters of ``step`` (born with the shardings of ``abstract_params``) and
+    the step counter, read through a read-only orbax manager.
+
+    Only ``params`` and ``step`` are read (orbax partial restore): the AdamW moments, twice the
+    parameters' size, never reach a device. Unlike :class:`Checkpointer`
+    the manager never cleans temporary folders, so it is safe next to a run still saving there.
+    """
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                           max_to_keep=None)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns "Given directory is read only" on every read
+    try:
+        manager = _manager(Path(directory).absolute(), options)
+    finally:
+        logging.set_verbosity(verbosity)
+    mesh = jax.tree.leaves(abstract_params)[0].sharding.mesh
+    target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh)),
+              "params": abstract_params}
+    try:
+        out = manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))
+    finally:
+        manager.close()
+    return out["state"]["params"], int(jax.device_get(out["state"]["step"]))

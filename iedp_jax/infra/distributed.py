@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping
 
 import jax
+from jax._src import distributed as _runtime  # the runtime's key-value client (no public handle yet)
+from jax.experimental import multihost_utils
 
 from iedp_jax.infra.errors import ConfigError
 
@@ -87,12 +89,8 @@ def barrier(name: str, timeout_s: int = 3600) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as _dist  # noqa: PLC0415 - the runtime's client
-
-    client = _dist.global_state.client
+    client = _runtime.global_state.client
     if client is None:  # initialised outside this module without a client: fall back
-        from jax.experimental import multihost_utils  # noqa: PLC0415
-
         multihost_utils.sync_global_devices(name)
         return
     n = _barriers[name] = _barriers.get(name, 0) + 1  # barrier ids must be unique per use

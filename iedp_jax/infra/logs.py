@@ -6,16 +6,30 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
+from tensorboardX import SummaryWriter
 
 
 def log_line(msg: str) -> None:
     """One line of progress on stderr, from process 0 only."""
     if jax.process_index() == 0:
         print(f"[iedp] {msg}", file=sys.stderr, flush=True)
+
+
+def write_results(results: Mapping[str, Any], paths: Sequence[str | os.PathLike], headline: Sequence[str],
+                  label: str) -> None:
+    """Writes ``results`` as JSON to every path (process 0 only) and logs one headline line:
+    ``<label>: k1=v1, k2=v2 -> <first path>``."""
+    if jax.process_index() == 0:
+        text = json.dumps(results, indent=2)
+        for path in paths:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+    log_line(f"{label}: " + ", ".join(f"{k}={results[k]:.4f}" for k in headline) + f" -> {paths[0]}")
 
 
 class MetricWriter:
@@ -29,8 +43,6 @@ class MetricWriter:
         self._tb = None
         self._jsonl = None
         if enabled:
-            from tensorboardX import SummaryWriter  # noqa: PLC0415 - only on the writing process
-
             workdir = Path(workdir)
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
             self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115

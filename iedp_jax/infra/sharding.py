@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from iedp_jax.infra.errors import ConfigError
 
 PyTree = Any
 
@@ -25,16 +26,16 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     devices = list(devices if devices is not None else jax.devices())
     shape = list(shape)
     if len(shape) != 2:
-        raise ValueError(f"mesh.shape must have two entries (data, fsdp), got {shape}.")
+        raise ConfigError(f"mesh.shape must have two entries (data, fsdp), got {shape}.")
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh.shape may contain at most one -1, got {shape}.")
+        raise ConfigError(f"mesh.shape may contain at most one -1, got {shape}.")
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1]))
         if len(devices) % known:
-            raise ValueError(f"mesh.shape {shape} does not divide the {len(devices)} devices.")
+            raise ConfigError(f"mesh.shape {shape} does not divide the {len(devices)} devices.")
         shape[shape.index(-1)] = len(devices) // known
     if int(np.prod(shape)) != len(devices):
-        raise ValueError(f"mesh.shape {shape} needs {int(np.prod(shape))} devices but "
+        raise ConfigError(f"mesh.shape {shape} needs {int(np.prod(shape))} devices but "
                          f"{len(devices)} are available: use -1 for one axis.")
     return Mesh(np.asarray(devices).reshape(shape), (DATA, FSDP))
 
@@ -72,11 +73,20 @@ def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Arra
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
+def batch_per_step(requested: int, mesh: Mesh, flag: str) -> int:
+    """The batch size for ``flag`` (0 = one example per device), checked to split over the mesh."""
+    devices = mesh.devices.size
+    batch = int(requested) or devices
+    if batch < 0 or batch % devices:
+        raise ConfigError(f"{flag}={requested} must be a multiple of the {devices} devices (0 = one per device).")
+    return batch
+
+
 def process_rows(global_batch_size: int) -> slice:
     """The rows of a global batch that this process loads."""
     n, i = jax.process_count(), jax.process_index()
     if global_batch_size % n:
-        raise ValueError(f"batch size {global_batch_size} must divide by the {n} processes.")
+        raise ConfigError(f"batch size {global_batch_size} must divide by the {n} processes.")
     per = global_batch_size // n
     return slice(i * per, (i + 1) * per)
 

@@ -1,7 +1,8 @@
 """The Stable Diffusion / CLIP backbone shared by IEDP and DiffSegmenter (Flax, offline loaders).
 
-Nothing here imports from the methods (``iedp_jax.model``, ``diffseg_jax``), and nothing ever
-downloads: every loader reads a local folder.
+Nothing here imports anything of ours outside ``iedp_jax.sd`` (neither the methods nor
+``iedp_jax.infra``), and nothing ever downloads: every loader reads a local folder. A folder,
+config or checkpoint that cannot be used raises :class:`WeightsError` (a ``ValueError``) naming it.
 """
 
 from iedp_jax.sd.attention import AttentionCapture, attention_maps

@@ -84,18 +84,24 @@ def is_self_attention(path: str) -> bool:
     return path.endswith("attn1")
 
 
-def maps_by_side(maps: Mapping[str, jax.Array], kind: str) -> dict[int, list[jax.Array]]:
-    """The ``kind`` (SELF or CROSS) maps of :func:`attention_maps`, grouped by the side of their
-    (square) feature map, each group in module-path order."""
+def maps_by_queries(maps: Mapping[str, jax.Array], kind: str) -> dict[int, list[jax.Array]]:
+    """The ``kind`` (SELF or CROSS) maps of :func:`attention_maps` grouped by their number of
+    queries (the feature map's h*w), each group in module-path order."""
     out: dict[int, list[jax.Array]] = {}
     for path in sorted(maps):
-        if is_self_attention(path) != (kind == SELF):
-            continue
-        m = maps[path]  # [B, side*side, K]
-        side = math.isqrt(m.shape[1])
-        if side * side != m.shape[1]:
-            raise ValueError(f"attention map {path!r} has {m.shape[1]} queries, not a square feature map.")
-        out.setdefault(side, []).append(m)
+        if is_self_attention(path) == (kind == SELF):
+            out.setdefault(maps[path].shape[1], []).append(maps[path])  # [B, h*w, K]
+    return out
+
+
+def maps_by_side(maps: Mapping[str, jax.Array], kind: str) -> dict[int, list[jax.Array]]:
+    """:func:`maps_by_queries` for square feature maps, keyed by the side."""
+    out: dict[int, list[jax.Array]] = {}
+    for q, layers in maps_by_queries(maps, kind).items():
+        side = math.isqrt(q)
+        if side * side != q:
+            raise ValueError(f"attention maps with {q} queries do not come from a square feature map.")
+        out[side] = layers
     return out
 
 

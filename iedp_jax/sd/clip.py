@@ -7,7 +7,7 @@ The text tower is what Stable Diffusion conditions on (``text_encoder/``) and wh
 explicit branch encodes prompts with; the vision tower feeds the IEDP implicit branch and
 DiffSegmenter's category filter. Both reproduce transformers in float32 to about 1e-6.
 
-Key layouts met on disk (transformers 5.23 ``save_pretrained``):
+Key layouts met on disk (transformers 5 ``save_pretrained``):
 
 - ``CLIPTextModel`` / ``CLIPVisionModel``: no prefix (``embeddings.token_embedding.weight``).
 - ``CLIPTextModelWithProjection``: ``text_model.*`` + ``text_projection.weight``;
@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Self
 
 import flax.linen as nn
 import jax
@@ -32,10 +32,11 @@ import jax.numpy as jnp
 
 from iedp_jax.sd.attention import dot_product_attention
 from iedp_jax.sd.weights import (
+    WeightsError,
     checkpoint_files,
     iter_checkpoint,
     load_params,
-    read_config,
+    parse_config,
     resolve_component,
 )
 
@@ -64,7 +65,7 @@ _VISION_LAYOUT = ("diffusers pipeline root with image_encoder/config.json, or a 
 
 def _activation_name(name: str, where: str) -> str:
     if name not in _ACTIVATIONS:
-        raise ValueError(
+        raise WeightsError(
             f"{where} hidden_act {name!r} is not supported: use one of {', '.join(_ACTIVATIONS)}."
         )
     return name
@@ -87,13 +88,13 @@ def _tower_dict(d: Mapping[str, Any], tower: str) -> tuple[dict[str, Any], bool]
     if d.get("model_type") == f"clip_{other}_model" or (
         "model_type" not in d and f"{other}_config" in d
     ):
-        raise ValueError(
+        raise WeightsError(
             f"config.json describes a CLIP {other} model (model_type {d.get('model_type')!r}), "
             f"not the CLIP {tower} tower asked for."
         )
     model_type = d.get("model_type", f"clip_{tower}_model")
     if model_type != f"clip_{tower}_model":
-        raise ValueError(
+        raise WeightsError(
             f"config.json model_type {model_type!r} is not a CLIP {tower} model "
             f"(expected 'clip_{tower}_model' or 'clip')."
         )
@@ -110,13 +111,52 @@ def _architecture_projection(d: Mapping[str, Any]) -> bool | None:
     return None
 
 
+class _TowerConfig:
+    """What the two tower configs share: reading a config.json dict and the head-count check.
+
+    Subclasses are frozen dataclasses with ``hidden_size``, ``num_attention_heads``,
+    ``hidden_act`` and ``with_projection`` fields; ``tower`` is ``'text'`` or ``'vision'``.
+    """
+
+    tower: ClassVar[str]
+
+    def _check_common(self) -> None:
+        where = f"CLIP {self.tower} config"
+        _activation_name(self.hidden_act, where)
+        if self.hidden_size % self.num_attention_heads:
+            raise WeightsError(
+                f"{where} hidden_size {self.hidden_size} is not a multiple of "
+                f"num_attention_heads {self.num_attention_heads}."
+            )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], with_projection: bool | None = None) -> Self:
+        """Builds the config from the tower's own config.json (``CLIPTextModel`` /
+        ``CLIPVisionModel``, optionally ``WithProjection``) or a full ``CLIPModel`` one.
+
+        ``with_projection=None`` decides from ``architectures`` (a ``CLIPModel`` always has one);
+        missing fields take transformers' defaults.
+
+        Raises:
+          WeightsError: a config of another model or tower, or an unsupported value (named).
+        """
+        sub, full = _tower_dict(d, cls.tower)
+        if with_projection is None:
+            with_projection = True if full else bool(_architecture_projection(d))
+        names = {f.name for f in dataclasses.fields(cls)} - {"with_projection"}
+        kw = {k: sub[k] for k in names if sub.get(k) is not None}
+        return cls(with_projection=with_projection, **kw)
+
+
 @dataclasses.dataclass(frozen=True)
-class CLIPTextConfig:
+class CLIPTextConfig(_TowerConfig):
     """The fields of a transformers ``CLIPTextConfig`` that shape the computation.
 
     ``with_projection`` adds ``text_projection`` (``CLIPTextModelWithProjection`` / ``CLIPModel``).
     ``eos_token_id`` picks the pooling rule (see :class:`CLIPTextTransformer`).
     """
+
+    tower: ClassVar[str] = "text"
 
     vocab_size: int = 49408
     hidden_size: int = 512
@@ -133,35 +173,18 @@ class CLIPTextConfig:
     pad_token_id: int = 1
 
     def __post_init__(self) -> None:
-        _activation_name(self.hidden_act, "CLIP text config")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"CLIP text hidden_size {self.hidden_size} is not a multiple of "
-                f"num_attention_heads {self.num_attention_heads}."
-            )
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], with_projection: bool | None = None) -> CLIPTextConfig:
-        """Builds the config from a ``CLIPTextModel(WithProjection)`` or ``CLIPModel`` config.json.
-
-        ``with_projection=None`` decides from ``architectures`` (a ``CLIPModel`` always has one);
-        missing fields take transformers' defaults.
-        """
-        sub, full = _tower_dict(d, "text")
-        if with_projection is None:
-            with_projection = True if full else bool(_architecture_projection(d))
-        names = {f.name for f in dataclasses.fields(cls)} - {"with_projection"}
-        kw = {k: sub[k] for k in names if sub.get(k) is not None}
-        return cls(with_projection=with_projection, **kw)
+        self._check_common()
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPVisionConfig:
+class CLIPVisionConfig(_TowerConfig):
     """The fields of a transformers ``CLIPVisionConfig`` that shape the computation.
 
     ``with_projection`` adds ``visual_projection`` (``CLIPVisionModelWithProjection`` /
     ``CLIPModel``).
     """
+
+    tower: ClassVar[str] = "vision"
 
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -176,31 +199,16 @@ class CLIPVisionConfig:
     with_projection: bool = False
 
     def __post_init__(self) -> None:
-        _activation_name(self.hidden_act, "CLIP vision config")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"CLIP vision hidden_size {self.hidden_size} is not a multiple of "
-                f"num_attention_heads {self.num_attention_heads}."
-            )
+        self._check_common()
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"CLIP vision image_size {self.image_size} is not a multiple of "
+            raise WeightsError(
+                f"CLIP vision config image_size {self.image_size} is not a multiple of "
                 f"patch_size {self.patch_size}."
             )
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], with_projection: bool | None = None) -> CLIPVisionConfig:
-        """Builds the config from a ``CLIPVisionModel(WithProjection)`` or ``CLIPModel`` config.json."""
-        sub, full = _tower_dict(d, "vision")
-        if with_projection is None:
-            with_projection = True if full else bool(_architecture_projection(d))
-        names = {f.name for f in dataclasses.fields(cls)} - {"with_projection"}
-        kw = {k: sub[k] for k in names if sub.get(k) is not None}
-        return cls(with_projection=with_projection, **kw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,9 +481,50 @@ def _rename(tower: str, full: bool) -> Callable[[str], str | None]:
             return None
         if full and (key == "logit_scale" or key.startswith(other)):
             return None
-        return key[len(prefix):] if key.startswith(prefix) else key
+        return key.removeprefix(prefix)
 
     return rename
+
+
+class _Tower(NamedTuple):
+    """How to find, configure, build and initialise one tower."""
+
+    subfolder: str  # of a diffusers pipeline root
+    what: str  # for errors
+    layout: str  # for errors
+    config: type[CLIPTextConfig | CLIPVisionConfig]
+    module: type[CLIPTextTransformer | CLIPVisionTransformer]
+    projection_key: str  # the projection's tensor in an unprefixed checkpoint
+    example: Callable[[Any], jax.Array]  # config -> an input for init
+
+
+_TOWERS = {
+    "text": _Tower("text_encoder", "CLIP text encoder", _TEXT_LAYOUT, CLIPTextConfig, CLIPTextTransformer,
+                   "text_projection.weight",
+                   lambda c: jnp.zeros((1, c.max_position_embeddings), jnp.int32)),
+    "vision": _Tower("image_encoder", "CLIP image encoder", _VISION_LAYOUT, CLIPVisionConfig,
+                     CLIPVisionTransformer, "visual_projection.weight",
+                     lambda c: jnp.zeros((1, c.image_size, c.image_size, c.num_channels), jnp.float32)),
+}
+
+
+def _load_tower(tower: str, path: str | os.PathLike, dtype: Dtype,
+                param_dtype: Dtype | None) -> tuple[nn.Module, PyTree]:
+    """The loader of :func:`load_clip_text` (``tower='text'``) and :func:`load_clip_vision`."""
+    spec = _TOWERS[tower]
+    folder = resolve_component(path, spec.subfolder, spec.what, spec.layout)
+
+    d, full = parse_config(folder, lambda d: (d, _tower_dict(d, tower)[1]))
+    projection = None
+    if not full and _architecture_projection(d) is None:  # no architectures: look at the keys
+        projection = spec.projection_key in _checkpoint_keys(folder)
+    config = parse_config(folder, lambda d: spec.config.from_dict(d, with_projection=projection))
+    param_dtype = dtype if param_dtype is None else param_dtype
+    module = spec.module(config, dtype=dtype, param_dtype=param_dtype)
+    x = spec.example(config)
+    params = load_params(folder, "model", lambda: module.init(jax.random.PRNGKey(0), x),
+                         param_dtype, _rename(tower, full))
+    return module, params
 
 
 def load_clip_text(path: str | os.PathLike, dtype: Dtype = jnp.float32,
@@ -493,22 +542,11 @@ def load_clip_text(path: str | os.PathLike, dtype: Dtype = jnp.float32,
       ``(module, params)``; call ``module.apply({'params': params}, input_ids[B, L])``.
 
     Raises:
-      WeightsError: missing folder/files, or a missing, unexpected or mis-shaped tensor.
-      ValueError: a config that is not a CLIP text config, or an unsupported ``hidden_act``.
+      WeightsError: missing folder/files; a config.json that is not a CLIP text config or has an
+        unsupported value (naming the file and the field); a missing, unexpected or mis-shaped
+        tensor.
     """
-    folder = resolve_component(path, "text_encoder", "CLIP text encoder", _TEXT_LAYOUT)
-    d = read_config(folder)
-    _, full = _tower_dict(d, "text")
-    projection = None
-    if not full and _architecture_projection(d) is None:
-        projection = "text_projection.weight" in _checkpoint_keys(folder)
-    config = CLIPTextConfig.from_dict(d, with_projection=projection)
-    param_dtype = dtype if param_dtype is None else param_dtype
-    module = CLIPTextTransformer(config, dtype=dtype, param_dtype=param_dtype)
-    ids = jnp.zeros((1, config.max_position_embeddings), jnp.int32)
-    params = load_params(folder, "model", lambda: module.init(jax.random.PRNGKey(0), ids),
-                         param_dtype, _rename("text", full))
-    return module, params
+    return _load_tower("text", path, dtype, param_dtype)
 
 
 def load_clip_vision(path: str | os.PathLike, dtype: Dtype = jnp.float32,
@@ -526,19 +564,8 @@ def load_clip_vision(path: str | os.PathLike, dtype: Dtype = jnp.float32,
       ``(module, params)``; call ``module.apply({'params': params}, pixels[B, S, S, 3])``.
 
     Raises:
-      WeightsError: missing folder/files, or a missing, unexpected or mis-shaped tensor.
-      ValueError: a config that is not a CLIP vision config, or an unsupported ``hidden_act``.
+      WeightsError: missing folder/files; a config.json that is not a CLIP vision config or has
+        an unsupported value (naming the file and the field); a missing, unexpected or
+        mis-shaped tensor.
     """
-    folder = resolve_component(path, "image_encoder", "CLIP image encoder", _VISION_LAYOUT)
-    d = read_config(folder)
-    _, full = _tower_dict(d, "vision")
-    projection = None
-    if not full and _architecture_projection(d) is None:
-        projection = "visual_projection.weight" in _checkpoint_keys(folder)
-    config = CLIPVisionConfig.from_dict(d, with_projection=projection)
-    param_dtype = dtype if param_dtype is None else param_dtype
-    module = CLIPVisionTransformer(config, dtype=dtype, param_dtype=param_dtype)
-    pixels = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
-    params = load_params(folder, "model", lambda: module.init(jax.random.PRNGKey(0), pixels),
-                         param_dtype, _rename("vision", full))
-    return module, params
+    return _load_tower("vision", path, dtype, param_dtype)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from iedp_jax.sd.names import flatten, flax_path_to_module_name
 
@@ -104,8 +105,6 @@ def save_component(folder: str | os.PathLike, config: Mapping[str, Any], params:
     Returns:
       The folder.
     """
-    from safetensors.numpy import save_file  # noqa: PLC0415 - a light, optional-at-import dependency
-
     if not weights_name.endswith(".safetensors"):
         raise ValueError(f"weights_name {weights_name!r} must be a .safetensors file name.")
     folder = Path(folder)

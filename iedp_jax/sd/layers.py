@@ -49,6 +49,41 @@ def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
     return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=False)
 
 
+def _axis_coords(in_n: jax.Array, out_n: jax.Array, size: int):
+    """PyTorch ``align_corners=False`` source coordinates for ``size`` output positions."""
+    in_n = in_n.astype(jnp.int32)[:, None]  # [B, 1]
+    scale = in_n.astype(jnp.float32) / jnp.maximum(out_n, 1).astype(jnp.float32)[:, None]
+    src = jnp.maximum((jnp.arange(size, dtype=jnp.float32)[None, :] + 0.5) * scale - 0.5, 0.0)  # [B, S]
+    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), in_n - 1)
+    i1 = jnp.where(i0 < in_n - 1, i0 + 1, i0)
+    lam1 = src - i0.astype(jnp.float32)
+    return i0, i1, 1.0 - lam1, lam1
+
+
+def resize_region(x: jax.Array, in_hw: jax.Array, out_hw: jax.Array, out_size: Sequence[int]) -> jax.Array:
+    """Bilinear resize (PyTorch ``align_corners=False``, no antialiasing, as
+    :func:`resize_bilinear`) of the top-left ``in_hw[b]`` region of each
+    ``x[b]`` (``[B, H, W, C]``) to ``out_hw[b]``, written at the top-left of a static
+    ``[B, *out_size, C]`` output (values past ``out_hw`` are unspecified). Sizes are ``[B, 2]``
+    int arrays, so one compiled function serves every size that fits."""
+    ho, wo = _check_size(out_size)
+    in_hw = jnp.asarray(in_hw)
+    out_hw = jnp.asarray(out_hw)
+    r0, r1, a0, a1 = _axis_coords(in_hw[:, 0], out_hw[:, 0], ho)  # [B, Ho]
+    c0, c1, b0, b1 = _axis_coords(in_hw[:, 1], out_hw[:, 1], wo)  # [B, Wo]
+    extra = (None,) * (x.ndim - 3)
+
+    def one(xb, r0, r1, a0, a1, c0, c1, b0, b1):
+        def cols(rows):  # [Ho, W, ...] -> [Ho, Wo, ...]
+            return (b0[(None, slice(None)) + extra] * jnp.take(rows, c0, axis=1)
+                    + b1[(None, slice(None)) + extra] * jnp.take(rows, c1, axis=1))
+
+        top, bottom = cols(jnp.take(xb, r0, axis=0)), cols(jnp.take(xb, r1, axis=0))
+        return a0[(slice(None), None) + extra] * top + a1[(slice(None), None) + extra] * bottom
+
+    return jax.vmap(one)(x.astype(jnp.float32), r0, r1, a0, a1, c0, c1, b0, b1)
+
+
 def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
     """Nearest-neighbour resize with PyTorch's ``F.interpolate(mode='nearest', size=...)`` rule.
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iedp_jax.sd.weights import WeightsError
+
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -96,7 +98,7 @@ def from_config(config: Mapping[str, Any]) -> NoiseSchedule:
     ``prediction_type`` ('epsilon'); defaults as diffusers'.
 
     Raises:
-      ValueError: an unsupported ``beta_schedule`` or ``prediction_type`` (naming it).
+      WeightsError: an unsupported ``beta_schedule`` or ``prediction_type`` (naming it).
     """
     steps = int(config.get("num_train_timesteps", 1000))
     schedule = config.get("beta_schedule", "linear")
@@ -106,7 +108,7 @@ def from_config(config: Mapping[str, Any]) -> NoiseSchedule:
     rescale = bool(config.get("rescale_betas_zero_snr", False))
     trained = config.get("trained_betas")
     if prediction not in PREDICTION_TYPES:
-        raise ValueError(
+        raise WeightsError(
             f"Scheduler prediction_type {prediction!r} is not supported (one of {PREDICTION_TYPES})."
         )
     if trained is not None:
@@ -119,7 +121,7 @@ def from_config(config: Mapping[str, Any]) -> NoiseSchedule:
     elif schedule == "squaredcos_cap_v2":
         betas = _cosine_betas(steps)
     else:
-        raise ValueError(
+        raise WeightsError(
             f"Scheduler beta_schedule {schedule!r} is not supported (one of {BETA_SCHEDULES})."
         )
     if rescale:
@@ -144,8 +146,8 @@ def load_noise_schedule(path: str | os.PathLike) -> NoiseSchedule:
         folder, or the json file itself.
 
     Raises:
-      FileNotFoundError: no scheduler_config.json there.
-      ValueError: an unsupported schedule (naming it and the file).
+      WeightsError: no scheduler_config.json there, or an unsupported or unreadable schedule
+        (naming it and the file).
     """
     root = Path(path).expanduser()
     candidates = ([root] if root.is_file() else
@@ -154,16 +156,19 @@ def load_noise_schedule(path: str | os.PathLike) -> NoiseSchedule:
         if file.is_file():
             break
     else:
-        raise FileNotFoundError(
+        raise WeightsError(
             f"No scheduler_config.json at {str(root)!r}: point it at a diffusers pipeline root "
             "(with scheduler/), its scheduler/ folder, or the json file."
         )
-    with open(file, encoding="utf-8") as f:
-        config = json.load(f)
+    try:
+        with open(file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{str(file)!r} is not valid JSON: {e}") from None
     try:
         return from_config(config)
-    except ValueError as e:
-        raise ValueError(f"{str(file)!r}: {e}") from None
+    except WeightsError as e:
+        raise WeightsError(f"{str(file)!r}: {e}") from None
 
 
 def _per_sample(values: jax.Array, t: jax.Array, like: jax.Array) -> jax.Array:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from iedp_jax.sd.attention import dot_product_attention
 from iedp_jax.sd.layers import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
-from iedp_jax.sd.weights import WeightsError, load_params, read_config, resolve_component
+from iedp_jax.sd.weights import WeightsError, load_params, parse_config, resolve_component
 
 Dtype = Any
 
@@ -152,13 +152,19 @@ class VAEMidBlock(nn.Module):
         return ResnetBlock2D(self.channels, self.groups, VAE_EPS, name="resnets_1", **kw)(x, None)
 
 
-class DownEncoderBlock2D(nn.Module):
-    """``num_layers`` resnets, then (unless last) a padding-0 stride-2 downsampler."""
+class VAEBlock2D(nn.Module):
+    """diffusers ``DownEncoderBlock2D`` / ``UpDecoderBlock2D``: ``num_layers`` resnets, then the
+    block's resampler unless it is the last block.
+
+    ``resample``: ``'down'`` adds ``downsamplers_0``, a padding-0 stride-2 3x3 convolution (the
+    encoder's); ``'up'`` adds ``upsamplers_0``, a nearest 2x upsampling then a 3x3 convolution (the
+    decoder's); None adds nothing.
+    """
 
     out_channels: int
     num_layers: int
     groups: int
-    add_downsample: bool
+    resample: str | None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -167,28 +173,12 @@ class DownEncoderBlock2D(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         for i in range(self.num_layers):
             x = ResnetBlock2D(self.out_channels, self.groups, VAE_EPS, name=f"resnets_{i}", **kw)(x, None)
-        if self.add_downsample:
+        if self.resample == "down":
             x = Downsample2D(self.out_channels, padding=0, name="downsamplers_0", **kw)(x)
-        return x
-
-
-class UpDecoderBlock2D(nn.Module):
-    """``num_layers`` resnets, then (unless last) a nearest 2x upsampler with a 3x3 conv."""
-
-    out_channels: int
-    num_layers: int
-    groups: int
-    add_upsample: bool
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        for i in range(self.num_layers):
-            x = ResnetBlock2D(self.out_channels, self.groups, VAE_EPS, name=f"resnets_{i}", **kw)(x, None)
-        if self.add_upsample:
+        elif self.resample == "up":
             x = Upsample2D(self.out_channels, name="upsamplers_0", **kw)(x)
+        elif self.resample is not None:
+            raise ValueError(f"VAEBlock2D resample must be 'down', 'up' or None, got {self.resample!r}.")
         return x
 
 
@@ -206,9 +196,9 @@ class Encoder(nn.Module):
         channels = cfg.block_out_channels
         x = conv(channels[0], 3, name="conv_in", **kw)(x)
         for i, c in enumerate(channels):
-            x = DownEncoderBlock2D(c, cfg.layers_per_block, cfg.norm_num_groups,
-                                   add_downsample=i < len(channels) - 1,
-                                   name=f"down_blocks_{i}", **kw)(x)
+            x = VAEBlock2D(c, cfg.layers_per_block, cfg.norm_num_groups,
+                           resample="down" if i < len(channels) - 1 else None,
+                           name=f"down_blocks_{i}", **kw)(x)
         x = VAEMidBlock(channels[-1], cfg.norm_num_groups, cfg.mid_block_add_attention,
                         name="mid_block", **kw)(x)
         x = nn.silu(group_norm(cfg.norm_num_groups, VAE_EPS, name="conv_norm_out", **kw)(x))
@@ -231,9 +221,9 @@ class Decoder(nn.Module):
         x = VAEMidBlock(channels[0], cfg.norm_num_groups, cfg.mid_block_add_attention,
                         name="mid_block", **kw)(x)
         for i, c in enumerate(channels):
-            x = UpDecoderBlock2D(c, cfg.layers_per_block + 1, cfg.norm_num_groups,
-                                 add_upsample=i < len(channels) - 1,
-                                 name=f"up_blocks_{i}", **kw)(x)
+            x = VAEBlock2D(c, cfg.layers_per_block + 1, cfg.norm_num_groups,
+                           resample="up" if i < len(channels) - 1 else None,
+                           name=f"up_blocks_{i}", **kw)(x)
         x = nn.silu(group_norm(cfg.norm_num_groups, VAE_EPS, name="conv_norm_out", **kw)(x))
         return conv(cfg.out_channels, 3, name="conv_out", **kw)(x)
 
@@ -349,10 +339,7 @@ def load_vae(path: str | os.PathLike, dtype: Dtype = jnp.float32,
         "diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors) or a "
         "pipeline root with vae/",
     )
-    try:
-        config = VAEConfig.from_dict(read_config(folder))
-    except WeightsError as e:
-        raise WeightsError(f"{str(folder / 'config.json')!r}: {e}") from None
+    config = parse_config(folder, VAEConfig.from_dict)
     param_dtype = dtype if param_dtype is None else param_dtype
     module = AutoencoderKL(config, dtype=dtype, param_dtype=param_dtype)
     side = 2 * config.downsample_factor

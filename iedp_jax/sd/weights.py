@@ -16,7 +16,7 @@ import mmap
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ import numpy as np
 from iedp_jax.sd.names import flatten, flax_path_to_module_name, torch_key_to_flax_path, unflatten
 
 PyTree = Any
+T = TypeVar("T")
 
 _SAFETENSORS_DTYPES = {
     "F64": np.float64,
@@ -69,9 +70,33 @@ def resolve_component(path: str | os.PathLike, subfolder: str, what: str, layout
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    """Reads ``folder/config.json``."""
-    with open(folder / "config.json", encoding="utf-8") as f:
-        return json.load(f)
+    """Reads ``folder/config.json``.
+
+    Raises:
+      WeightsError: the file is not a JSON object (naming it).
+    """
+    path = folder / "config.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise WeightsError(f"{str(path)!r} holds a JSON {type(config).__name__}, not an object.")
+    return config
+
+
+def parse_config(folder: Path, parse: Callable[[dict[str, Any]], T]) -> T:
+    """``parse(read_config(folder))``, with the file named in a :class:`WeightsError` it raises.
+
+    ``parse`` is a config class's ``from_dict`` (or a wrapper of it) that raises
+    :class:`WeightsError` for a config it does not support.
+    """
+    config = read_config(folder)
+    try:
+        return parse(config)
+    except WeightsError as e:
+        raise WeightsError(f"{str(folder / 'config.json')!r}: {e}") from None
 
 
 def checkpoint_files(folder: Path, stem: str) -> list[Path]:
@@ -104,18 +129,56 @@ def checkpoint_files(folder: Path, stem: str) -> list[Path]:
     )
 
 
-def _iter_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields ``(key, array)`` from a safetensors file; arrays are read-only views of a mmap."""
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
+def _safetensors_header(path: Path, f: BinaryIO, size: int) -> tuple[int, dict[str, Any]]:
+    """``(data start, tensor entries)`` of an open safetensors file of ``size`` bytes, each entry's
+    dtype, shape and offsets checked against the file size (a truncated or partly copied file
+    fails here, naming it, instead of in numpy)."""
+    where = f"safetensors file {str(path)!r} ({size} bytes)"
+    if size < 8:
+        raise WeightsError(f"{where} is too short to hold a header: is it truncated?")
+    header_len = int.from_bytes(f.read(8), "little")
+    if 8 + header_len > size:
+        raise WeightsError(f"{where} is shorter than its {header_len}-byte header: is it truncated "
+                           "or not a safetensors file?")
+    try:
         header = json.loads(f.read(header_len))
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{where} has an unreadable header ({e}): is it a safetensors file?") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{where} has a header that is not a JSON object.")
     base = 8 + header_len
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        if info["dtype"] not in _SAFETENSORS_DTYPES:
-            raise WeightsError(f"Tensor {key!r} in {str(path)!r} has unsupported dtype {info['dtype']}.")
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    for key, info in entries.items():
+        if not (isinstance(info, dict) and len(info.get("data_offsets") or ()) == 2
+                and isinstance(info.get("shape"), list)):
+            raise WeightsError(f"Tensor {key!r} in {where} has a malformed header entry {info!r}.")
+        if info.get("dtype") not in _SAFETENSORS_DTYPES:
+            raise WeightsError(f"Tensor {key!r} in {str(path)!r} has unsupported dtype {info.get('dtype')}.")
+        start, end = info["data_offsets"]
+        nbytes = int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).itemsize
+        if not 0 <= start <= end or end - start != nbytes:
+            raise WeightsError(f"Tensor {key!r} in {where} has data offsets {[start, end]} that do not "
+                               f"match its shape {info['shape']} and dtype {info['dtype']}: the file is corrupt.")
+        if base + end > size:
+            raise WeightsError(f"{where} ends before the data of tensor {key!r} (bytes {base + start} to "
+                               f"{base + end}): the file is truncated or partly copied.")
+    return base, entries
+
+
+def _iter_safetensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields ``(key, array)`` from a safetensors file; arrays are read-only views of a mmap.
+
+    Raises:
+      WeightsError: a header that does not fit the file (truncated, partly copied, not safetensors)
+        or an unsupported dtype, naming the file.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        base, entries = _safetensors_header(path, f, size)
+        if not entries:
+            return
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    for key, info in entries.items():
         dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
         start, end = info["data_offsets"]
         arr = np.frombuffer(buf, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)

@@ -1,8 +1,8 @@
 """PyTorch reference of the IEDP segmentation train step (``IEDP.loss`` with task 'seg' + AdamW).
 
-The same model as :mod:`iedp_jax.model` built from the same on-disk folders, for the performance
-suite (``benchmarks/train_step.py`` times both in one process) and for a parity test
-(``tests/test_torch_train_step.py``):
+The same model as :mod:`iedp_jax.model` built from the same on-disk folders, for a parity test
+(``tests/test_torch_train_step.py``) and for the performance suite (``benchmarks/train_step.py``
+times both in one process):
 
 - frozen diffusers ``AutoencoderKL`` (posterior mean x latent scale), frozen transformers CLIP
   vision tower (patch tokens of ``last_hidden_state``, our bicubic-antialiased square resize) and
@@ -20,7 +20,8 @@ float32 master parameters of the trained modules with bf16 matmuls/convs via ``t
 bf16 (our loaders load them with ``param_dtype = dtype``). Autocast keeps some activations in
 float32 where Flax keeps bf16, so bf16 numbers agree only to bf16 rounding. Runs on CPU and CUDA.
 
-This file is benchmark/test code: it imports torch, which the library ``iedp_jax`` never does.
+This is test/benchmark code (``tests.reference``): it imports torch, which the library ``iedp_jax``
+never does.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from flax import traverse_util
 from torch import nn
 
 from iedp_jax import optim
-from iedp_jax.model import level_heights
+from iedp_jax.sd.unet import UNetConfig, level_sides
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -319,6 +320,7 @@ class TorchIEDP(nn.Module):
         self.implicit = ImplicitBranch(clip_vision.config.hidden_size, config.num_queries, d, config.decoder_heads)
         self.adapter = TextAdapter(d, config.adapter_gamma)
         boc = list(unet.config.block_out_channels)
+        self.unet_config = UNetConfig.from_dict(unet.config)  # our view of it: the level sides
         self.levels = len(boc)
         maps = lambda k: config.num_queries if config.attn_maps and 8 * 2**k in config.attn_strides else 0  # noqa: E731
         self.head = SemanticFPNHead([c + maps(k) for k, c in enumerate(boc)], config.num_classes,
@@ -392,8 +394,8 @@ class TorchIEDP(nn.Module):
         """Decoder features fine to coarse [B, C_k, h_k, w_k] with the layer- and head-averaged
         cross-attention maps of ``attn_strides`` concatenated (class channels for explicit)."""
         c = self.config
-        hs = level_heights(latents.shape[2], self.levels)
-        ws = level_heights(latents.shape[3], self.levels)
+        hs = level_sides(self.unet_config, latents.shape[2])
+        ws = level_sides(self.unet_config, latents.shape[3])
         sizes = {hs[k] * ws[k] for k in range(self.levels) if 8 * 2**k in c.attn_strides} if c.attn_maps else set()
         self.recorder.reset(sizes)
         self._feats.clear()

@@ -1,16 +1,31 @@
-"""The complete config schema with defaults; ``configs/*.py`` start from it and override.
+"""The complete config schema with defaults, and its mapping to the model's static config.
 
-Every key a run can read exists here, so ``--config.x=y`` with an unknown ``x`` is an error.
+``configs/*.py`` start from :func:`base_config` and override. Every key a run can read exists
+here, so ``--config.x=y`` with an unknown ``x`` is an error. Model fields that
+:class:`~iedp_jax.model.IEDPConfig` also has take its defaults (stated once, there);
+:func:`to_model_config` is the one place a ConfigDict becomes an ``IEDPConfig``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax.numpy as jnp
 from ml_collections import ConfigDict
+
+from iedp_jax.model import SEG, IEDPConfig
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# ``config.model`` fields that are IEDPConfig fields of the same name and meaning.
+_SHARED = ("timestep", "feature_layer", "attn_strides", "attn_maps", "explicit_maps", "explicit_weight",
+           "decoder_heads", "fpn_channels", "head_channels", "head_groups", "dropout", "max_depth",
+           "neck_channels", "deconv_channels", "conv_channels")
 
 
 def base_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
+    defaults = IEDPConfig()
     c.model = ConfigDict(dict(
         pretrained="",            # diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/)
         clip_vision="",           # Hugging Face CLIP folder (e.g. clip-vit-large-patch14)
@@ -18,23 +33,23 @@ def base_config() -> ConfigDict:
         dtype="float32",          # compute dtype: float32 | bfloat16 (parameters stay float32)
         remat=False,              # rematerialise UNet blocks in the backward pass
         scale_latents=True,       # multiply latents by the VAE scaling factor (TADP; VPD: False)
-        timestep=1,
+        timestep=defaults.timestep,
         num_queries=0,            # implicit tokens N; 0 = number of classes (seg) or 8 (depth)
-        feature_layer=1,          # up_blocks[i].layers[j] used as the level-i feature
-        attn_strides=(16, 32),    # image strides whose cross-attention maps join the features
-        attn_maps=True,
-        explicit_maps="scatter",  # scatter | zeros: explicit-branch maps in the class channels
-        explicit_weight=1.0,      # lambda: L = L(implicit) + lambda L(explicit); 0 = implicit only
-        decoder_heads=8,          # heads of the implicit branch's query decoder
+        feature_layer=defaults.feature_layer,          # up_blocks[i].layers[j] used as the level-i feature
+        attn_strides=defaults.attn_strides,    # image strides whose cross-attention maps join the features
+        attn_maps=defaults.attn_maps,
+        explicit_maps=defaults.explicit_maps,  # scatter | zeros: explicit-branch maps in the class channels
+        explicit_weight=defaults.explicit_weight,      # lambda: L = L(implicit) + lambda L(explicit); 0 = implicit only
+        decoder_heads=defaults.decoder_heads,          # heads of the implicit branch's query decoder
         prompt_template="a photo of {}",
-        fpn_channels=256,
-        head_channels=256,
-        head_groups=32,
-        dropout=0.1,
-        max_depth=10.0,
-        neck_channels=1536,
-        deconv_channels=32,
-        conv_channels=192,
+        fpn_channels=defaults.fpn_channels,
+        head_channels=defaults.head_channels,
+        head_groups=defaults.head_groups,
+        dropout=defaults.dropout,
+        max_depth=defaults.max_depth,
+        neck_channels=defaults.neck_channels,
+        deconv_channels=defaults.deconv_channels,
+        conv_channels=defaults.conv_channels,
     ))
     c.data = ConfigDict(dict(
         name="synthetic_seg",     # synthetic_seg | synthetic_depth | ade20k | nyu
@@ -73,3 +88,15 @@ def base_config() -> ConfigDict:
         batch_size=0,             # images per step, split over all devices; 0 = one per device
     ))
     return c
+
+
+def to_model_config(cfg: ConfigDict, task: str, num_classes: int, scaling_factor: float) -> IEDPConfig:
+    """The model's static config from ``cfg.model``, the dataset (task, classes) and the VAE."""
+    m = cfg.model
+    return IEDPConfig(
+        task=task, num_classes=num_classes, num_queries=m.num_queries or (num_classes if task == SEG else 8),
+        latent_scale=scaling_factor if m.scale_latents else 1.0, ignore_index=cfg.data.ignore_index,
+        **{f: (tuple(m[f]) if f == "attn_strides" else m[f]) for f in _SHARED})
+
+
+assert set(_SHARED) <= {f.name for f in dataclasses.fields(IEDPConfig)}

@@ -1,0 +1,199 @@
+"""NYU Depth v2 (BTS "sync" training set, official 654-image test split): the folder reader, its
+tfds builder, and the source.
+
+Layout (also accepted under ``data.data_dir/nyu_depth_v2/``, VPD's layout)::
+
+    sync/<scene>_<NNNN>[a-z]/rgb_00045.jpg, sync_depth_00045.png          (train)
+    official_splits/test/<scene>/rgb_00045.jpg, sync_depth_00045.png       (test)
+    nyudepthv2_train_files_with_gt.txt, nyudepthv2_test_files_with_gt.txt
+
+The split files are looked up in ``splits/``, the data folder and ``train_test_inputs/`` (BTS's
+folder) unless given; their lines are ``rgb_relpath depth_relpath [focal]``. Depth PNGs are uint16
+millimetres, returned in metres.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iedp_jax.data import transforms
+from iedp_jax.data.sources import Example, FileSource
+from iedp_jax.infra.errors import DatasetError
+from iedp_jax.infra.files import DiskPairs, PairFiles
+from iedp_jax.infra.images import load_depth_png, load_rgb
+from iedp_jax.infra.tfds import (FolderBuilder, RecordPairs, bytes_feature, prepare_once, record_index, require_tfds,
+                                 tfds)
+from iedp_jax.infra.threads import config_threads
+
+TRAIN_SPLIT = "nyudepthv2_train_files_with_gt.txt"
+TEST_SPLIT = "nyudepthv2_test_files_with_gt.txt"
+
+_SCENE_SUFFIX = re.compile(r"_\d+[a-z]?$")
+_LAYOUT = ("expected the BTS layout sync/<scene>_<NNNN>/{rgb,sync_depth}_*.{jpg,png} for "
+           "training, official_splits/test/<scene>/... for testing, and the split files "
+           f"{TRAIN_SPLIT} / {TEST_SPLIT} in splits/ or the data folder itself "
+           "(data.data_dir may also hold them under nyu_depth_v2/)")
+
+
+def scene_from_path(path: str) -> str:
+    """The scene type of a split-file path: its folder without the ``_NNNN[a-z]`` suffix
+    (``/kitchen_0028b/rgb_00045.jpg`` -> ``kitchen``, ``bathroom/rgb_1.jpg`` -> ``bathroom``)."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    if len(parts) < 2:
+        raise DatasetError(f"cannot tell the NYUv2 scene of {path!r}: expected <scene folder>/<file>.")
+    return _SCENE_SUFFIX.sub("", parts[-2])
+
+
+def _read_split(path: Path) -> list[tuple[str, str]]:
+    """``(rgb_relpath, depth_relpath)`` of a BTS split file; lines whose depth is ``None``
+    (frames without ground truth) are skipped."""
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise DatasetError(f"{path}:{n}: expected 'rgb_path depth_path [focal]', got {line.strip()!r}.")
+            if fields[1] != "None":
+                out.append((fields[0], fields[1]))
+    return out
+
+
+def _find_split(given: str | os.PathLike | None, name: str, search: Sequence[Path], data_dir: str) -> Path:
+    if given is not None:
+        for cand in (Path(given), Path(data_dir) / given):
+            if cand.is_file():
+                return cand
+        raise DatasetError(f"the NYUv2 split file {str(given)!r} does not exist (also tried under {data_dir!r}).")
+    for folder in search:
+        if (folder / name).is_file():
+            return folder / name
+    raise DatasetError(f"no NYUv2 split file {name} under {data_dir!r}: {_LAYOUT}.")
+
+
+def list_split(data_dir: str | os.PathLike, split: str, split_file: str | os.PathLike | None = None
+               ) -> tuple[DiskPairs, list[str]]:
+    """The (rgb, depth) pairs of ``split`` ('train' or 'test'), named by their path relative to
+    the split's root, and their scene types; every listed file is checked to exist."""
+    data_dir = str(data_dir)
+    base = Path(data_dir)
+    if not (base / "sync").is_dir() and (base / "nyu_depth_v2").is_dir():
+        base = base / "nyu_depth_v2"
+    root = base / "sync" if split == "train" else base / "official_splits" / "test"
+    if not (base / "sync").is_dir() or not (base / "official_splits" / "test").is_dir():
+        raise DatasetError(f"no NYUv2 dataset at {data_dir!r}: {_LAYOUT}.")
+    search = list(dict.fromkeys([base / "splits", base, base / "train_test_inputs",
+                                 Path(data_dir) / "splits", Path(data_dir)]))
+    lines = _read_split(_find_split(split_file, TRAIN_SPLIT if split == "train" else TEST_SPLIT, search, data_dir))
+    if not lines:
+        raise DatasetError(f"the NYUv2 {split} split file lists no image with depth: {_LAYOUT}.")
+    pairs = [(root / rgb.lstrip("/"), root / dep.lstrip("/")) for rgb, dep in lines]
+    missing = [p for pair in pairs for p in pair if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more files)" if len(missing) > 1 else ""
+        raise DatasetError(f"the NYUv2 {split} split lists {missing[0]}, which does not exist{more}.")
+    names = [str(rgb.relative_to(root)) for rgb, _ in pairs]
+    return DiskPairs(pairs, names), [scene_from_path(rgb) for rgb, _ in lines]
+
+
+class NYUv2Source(FileSource):
+    """NYUv2 depth with VPD's pipeline (a :class:`~iedp_jax.data.sources.DataSource`).
+
+    Train: :func:`~iedp_jax.data.transforms.nyu_train_transform` (CutDepth, flip, random crop,
+    VPD colour jitter). Val: :func:`~iedp_jax.data.transforms.depth_eval_transform` (depth
+    outside the Eigen crop set to 0, centred crop). Full resolution: the whole image with the
+    Eigen crop as the scored mask. ``scene`` is the index in ``scene_names`` (sorted scene types
+    of train + test).
+
+    ``files`` / ``scenes`` = (train, test) replace the folder listing (the prepared source).
+    Extra keywords go to the training transform (e.g. ``color_jitter="bts"``, ``cutdepth_prob``).
+    """
+
+    task = "depth"
+    batch_keys = ("image", "depth", "scene")
+
+    def __init__(self, data_dir: str | os.PathLike | None, crop_size: Sequence[int] = (480, 480),
+                 seed: int = 0, train_split_file: str | os.PathLike | None = None,
+                 test_split_file: str | os.PathLike | None = None, *, num_workers: int | None = None,
+                 files: tuple[PairFiles, PairFiles] | None = None,
+                 scenes: tuple[Sequence[str], Sequence[str]] | None = None,
+                 **train_transform_kwargs: Any) -> None:
+        if files is None:
+            (train, train_scenes), (val, val_scenes) = (list_split(data_dir, "train", train_split_file),
+                                                        list_split(data_dir, "test", test_split_file))
+            files, scenes = (train, val), (train_scenes, val_scenes)
+        self.train_scenes, self.val_scenes = list(scenes[0]), list(scenes[1])
+        self.scene_names = tuple(sorted(set(self.train_scenes) | set(self.val_scenes)))
+        self._scene_index = {s: i for i, s in enumerate(self.scene_names)}
+        self.train_transform_kwargs = dict(train_transform_kwargs)
+        super().__init__(files[0], files[1], crop_size, seed, num_workers)
+
+    @classmethod
+    def from_prepared(cls, builder, crop_size: Sequence[int] = (480, 480), seed: int = 0, **kwargs: Any
+                      ) -> NYUv2Source:
+        """The source over a prepared :class:`IedpNyuDepthV2` (its stored bytes, decoded here)."""
+        files = (RecordPairs(builder, "train", ("image", "depth")), RecordPairs(builder, "test", ("image", "depth")))
+        scenes = (record_index(builder, "train", "scene"), record_index(builder, "test", "scene"))
+        return cls(None, crop_size, seed, files=files, scenes=scenes, **kwargs)
+
+    def _decode(self, files: PairFiles, index: int) -> Example:
+        image_file, depth_file = files.open(index)
+        image, depth = load_rgb(image_file), load_depth_png(depth_file)
+        if image.shape[:2] != depth.shape:
+            raise DatasetError(f"NYUv2 image {files.name(index)} is {image.shape[:2]} but its depth is "
+                               f"{depth.shape}: the dataset copy is damaged.")
+        scenes = self.train_scenes if files is self.train_files else self.val_scenes
+        return {"image": image, "depth": depth, "scene": np.int32(self._scene_index[scenes[index]])}
+
+    def _train_transform(self, ex: Example, rng: np.random.Generator) -> Example:
+        image, depth = transforms.nyu_train_transform(ex["image"], ex["depth"], rng, self.crop_size,
+                                                      **self.train_transform_kwargs)
+        return {"image": image, "depth": depth, "scene": ex["scene"]}
+
+    def _val_transform(self, ex: Example) -> Example:
+        image, depth = transforms.depth_eval_transform(ex["image"], ex["depth"], self.crop_size)
+        return {"image": image, "depth": depth, "scene": ex["scene"]}
+
+    def _full_resolution(self, ex: Example) -> Example:
+        return {"image": ex["image"], "depth": ex["depth"], "mask": transforms.eigen_crop_mask(*ex["depth"].shape)}
+
+    def _pad(self) -> Example:
+        return {"image": np.zeros(self.crop_size + (3,), np.uint8),
+                "depth": np.zeros(self.crop_size, np.float32), "scene": np.int32(0)}
+
+
+class IedpNyuDepthV2(FolderBuilder):
+    """NYU Depth v2 in the BTS "sync" layout with its split files; JPEG and uint16 depth PNG bytes."""
+
+    VERSION = tfds.core.Version("1.0.0") if tfds else None
+    SPLITS = {"train": "train", "test": "test"}
+    INDEXED = ("file_name", "scene")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Point the manual directory at the BTS NYUv2 folder (sync/, "
+                                    "official_splits/test/ and the nyudepthv2_*_files_with_gt.txt split files).")
+
+    def _features(self) -> dict[str, Any]:
+        return {"image": bytes_feature(), "depth": bytes_feature(), "scene": tfds.features.Text(),
+                "file_name": tfds.features.Text()}
+
+    def _examples(self, manual_dir: Path, split: str):
+        pairs, scenes = list_split(manual_dir, split)
+        return [(name, {"image": rgb, "depth": dep, "scene": scene, "file_name": name})
+                for (rgb, dep), name, scene in zip(pairs.pairs, pairs.names, scenes, strict=True)]
+
+
+def open_source(cfg_data, seed: int) -> NYUv2Source:
+    """The source of ``data.name='nyu'``: prepared records (``data.format='tfds'``) or the folder."""
+    common = {"crop_size": tuple(cfg_data.crop_size), "seed": seed,
+              "num_workers": config_threads(cfg_data.num_workers)}
+    if cfg_data.format == "tfds":
+        require_tfds()
+        return NYUv2Source.from_prepared(prepare_once(IedpNyuDepthV2, cfg_data.data_dir, cfg_data.tfds_dir or None),
+                                         **common)
+    return NYUv2Source(cfg_data.data_dir, **common)

@@ -1,0 +1,263 @@
+"""Scoring IEDP: batched, sharded over all devices, metrics accumulated on device.
+
+- :func:`quick_eval`: the trainer's end-of-training check on the source's fixed-size validation
+  batches (a centred crop at the training crop size; cheap, one compiled shape).
+- :func:`run_protocol`: the published protocols on full-resolution validation images
+  (:mod:`iedp_jax.eval.windows`): mmseg's sliding window (``eval.mode=single``) or multi-scale +
+  flip (``multiscale``) for segmentation, scored at the original label size; VPD's two windows +
+  flip with the Eigen crop for NYUv2 depth.
+- :func:`evaluate_checkpoint`: restores a checkpoint of a workdir and runs the protocol (what
+  ``python -m iedp_jax.evaluate`` calls).
+
+Segmentation: logits resized bilinearly to the label, argmax, a confusion matrix summed over
+batches -> mIoU / aAcc / mAcc / per-class IoU. Depth: per-image metric sums -> RMSE, AbsRel,
+log10, delta1-3 (and SqRel, RMSE-log). Padding rows carry the ignore label or zero depth and
+count for nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+from tqdm.auto import tqdm
+
+from iedp_jax.build import abstract_params, build_model
+from iedp_jax.data.catalog import make_dataset, task_of
+from iedp_jax.data.sources import DataSource
+from iedp_jax.eval.plan import Protocol, ShapeGroup, batch_indices, build_row, plan_groups, protocol_from_config
+from iedp_jax.eval.windows import depth_windows, segmentation_pass
+from iedp_jax.infra import sharding, visualize
+from iedp_jax.infra.checkpoint import resolve_checkpoint, restore_params
+from iedp_jax.infra.compile import Synchronized
+from iedp_jax.infra.errors import DatasetError
+from iedp_jax.infra.logs import log_line, write_results
+from iedp_jax.infra.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
+from iedp_jax.infra.threads import config_threads
+from iedp_jax.model import IEDP, SEG
+from iedp_jax.sd.layers import resize_bilinear
+
+PyTree = Any
+
+HEADLINE = {"seg": ("mIoU", "aAcc"), "depth": ("rmse", "abs_rel", "delta1")}
+
+
+def zero_metrics(num_classes: int | None) -> PyTree:
+    """The empty accumulator: a [C, C] confusion matrix, or zeroed depth-metric sums (None)."""
+    if num_classes is not None:
+        return jnp.zeros((num_classes, num_classes), jnp.int32)
+    return jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        lambda: depth_metric_sums(jnp.ones((1, 2, 2)), jnp.ones((1, 2, 2)))))
+
+
+def finalize(acc: PyTree, task: str, class_names: tuple[str, ...]) -> dict:
+    """Host-side metrics from the device accumulator (float64)."""
+    acc = jax.device_get(acc)
+    if task == SEG:
+        return segmentation_metrics(np.asarray(acc, np.int64), class_names)
+    return depth_metrics(acc)
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, disable=jax.process_index() != 0)
+
+
+# ------------------------------------------------------------------------------ quick check
+
+
+def quick_eval(model: IEDP, params: PyTree, frozen: PyTree, dataset: DataSource, mesh, batch_size: int,
+               min_depth: float) -> dict:
+    """The implicit branch (no labels) over the centred-crop validation batches; the metrics plus
+    ``num_images`` and ``protocol='center_crop'``."""
+    c = model.config
+    seg = c.task == SEG
+    repl = sharding.replicated(mesh)
+
+    def step(acc, params, frozen, batch):
+        pred = model.predict(params, frozen, batch["image"])
+        if seg:
+            label = batch["label"]
+            logits = resize_bilinear(pred.astype(jnp.float32), label.shape[1:3])
+            return acc + confusion_matrix(jnp.argmax(logits, -1), label, c.num_classes, c.ignore_index)
+        sums = depth_metric_sums(pred.astype(jnp.float32), batch["depth"], min_depth, c.max_depth)
+        return jax.tree.map(jnp.add, acc, sums)
+
+    acc = jax.device_put(zero_metrics(c.num_classes if seg else None), repl)
+    step_fn = Synchronized(jax.jit(step, out_shardings=repl, donate_argnums=(0,)), "eval step")
+    with _progress(-(-dataset.num_val // batch_size), "eval") as bar:
+        for batch in dataset.val_batches(batch_size, sharding.process_rows(batch_size)):
+            acc = step_fn(acc, params, frozen, sharding.global_batch(mesh, batch))
+            bar.update(1)
+    return {**finalize(acc, c.task, dataset.class_names), "num_images": dataset.num_val, "protocol": "center_crop"}
+
+
+# ------------------------------------------------------------------------------ the protocols
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolSteps:
+    """The jitted device steps of one protocol run (compiled once per group shape)."""
+
+    seg_pass: Synchronized     # (probs, params, frozen, image, hw, offsets, valid, flip, label_hw) -> probs
+    seg_finish: Synchronized   # (acc, probs, label) -> (acc, pred)
+    depth_step: Synchronized   # (acc, params, frozen, image, offsets, valid, depth, mask) -> (acc, pred)
+    zeros: Any                 # shape -> a batch-sharded float32 zero array
+
+
+def make_protocol_steps(model: IEDP, protocol: Protocol, mesh, min_depth: float) -> ProtocolSteps:
+    c = model.config
+    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    pred_dtype = jnp.uint8 if c.num_classes <= 256 else jnp.int32
+
+    def seg_pass(probs, params, frozen, images, hw, offsets, valid, flip, label_hw):
+        p = segmentation_pass(lambda x: model.predict(params, frozen, x), images, hw, offsets, valid, flip,
+                              label_hw, probs.shape[1:3], protocol.crop)
+        return probs + p
+
+    def seg_finish(acc, probs, label):
+        pred = jnp.argmax(probs, axis=-1)
+        return acc + confusion_matrix(pred, label, c.num_classes, c.ignore_index), pred.astype(pred_dtype)
+
+    def depth_step(acc, params, frozen, images, offsets, valid, depth, mask):
+        pred = depth_windows(lambda x: model.predict(params, frozen, x), images, offsets, valid, protocol.crop,
+                             protocol.flip)
+        pred = pred[:, : depth.shape[1], : depth.shape[2]]
+        return jax.tree.map(jnp.add, acc, depth_metric_sums(pred, depth, min_depth, c.max_depth, mask)), pred
+
+    zeros: dict[tuple[int, ...], Any] = {}
+
+    def zeros_of(shape: tuple[int, ...]) -> jax.Array:
+        if shape not in zeros:
+            zeros[shape] = jax.jit(lambda: jnp.zeros(shape, jnp.float32), out_shardings=batch_sh)
+        return zeros[shape]()
+
+    return ProtocolSteps(
+        Synchronized(jax.jit(seg_pass, donate_argnums=(0,), out_shardings=batch_sh), "seg pass"),
+        Synchronized(jax.jit(seg_finish, donate_argnums=(0,), out_shardings=(repl, batch_sh)), "seg finish"),
+        Synchronized(jax.jit(depth_step, donate_argnums=(0,), out_shardings=(repl, batch_sh)), "depth step"),
+        zeros_of)
+
+
+def _score_batch(steps: ProtocolSteps, model: IEDP, protocol: Protocol, acc, params, frozen, batch: dict,
+                 group: ShapeGroup, batch_size: int):
+    """One batch through the protocol: ``(acc, predictions [B, Hl, Wl])``."""
+    if model.config.task != SEG:
+        return steps.depth_step(acc, params, frozen, batch["image0"], batch["offsets0"], batch["valid0"],
+                                batch["depth"], batch["mask"])
+    probs = steps.zeros((batch_size, *group.label_size, model.config.num_classes))
+    for s, flip in protocol.passes:
+        probs = steps.seg_pass(probs, params, frozen, batch[f"image{s}"], batch[f"hw{s}"], batch[f"offsets{s}"],
+                               batch[f"valid{s}"], jnp.bool_(flip), batch["label_hw"])
+    return steps.seg_finish(acc, probs, batch["label"])
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded array, in order (no transfer of other rows)."""
+    parts: dict[int, np.ndarray] = {}
+    for shard in x.addressable_shards:
+        start = shard.index[0].start or 0
+        if start not in parts:
+            parts[start] = np.asarray(shard.data)
+    return np.concatenate([parts[k] for k in sorted(parts)])
+
+
+def _write_panels(image_dir: Path, dataset: DataSource, model: IEDP, pred: jax.Array, wanted: list[tuple[int, int]],
+                  examples: list[dict | None], group: ShapeGroup) -> None:
+    """``image | prediction | ground truth`` PNGs for the rows ``wanted`` = [(row, index)]."""
+    local = _local_rows(pred)
+    c = model.config
+    for r, i in wanted:
+        ex = examples[r]
+        h, w = group.sizes[i]
+        path = image_dir / f"{i:05d}_{dataset.val_name(i)}.png"
+        if c.task == SEG:
+            visualize.write_segmentation_panel(path, ex["image"], local[r, :h, :w], ex["label"],
+                                               visualize.palette(max(c.num_classes, 1)), ignore_index=c.ignore_index)
+        else:
+            visualize.write_depth_panel(path, ex["image"], local[r, :h, :w], np.where(ex["mask"], ex["depth"], 0.0))
+
+
+def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset: DataSource, mesh, cfg: ConfigDict,
+                 out_dir: str | os.PathLike | None = None) -> dict:
+    """Scores ``params`` with the protocol of ``cfg.eval`` over the first ``eval.num_images``
+    full-resolution validation images (all for 0), batched over all devices. Writes
+    ``eval.num_visualizations`` PNGs under ``out_dir/images`` when given. Returns the metrics
+    plus ``mode``, ``protocol`` and ``num_images``."""
+    c = model.config
+    protocol = protocol_from_config(cfg, c.task)
+    n = dataset.num_val if int(cfg.eval.num_images) <= 0 else min(dataset.num_val, int(cfg.eval.num_images))
+    if n == 0:
+        raise DatasetError("the validation split is empty: nothing to evaluate.")
+    batch_size = sharding.batch_per_step(cfg.eval.batch_size, mesh, "eval.batch_size")
+    rows = sharding.process_rows(batch_size)
+    groups = plan_groups([dataset.val_size(i) for i in range(n)], protocol)
+    steps = make_protocol_steps(model, protocol, mesh, float(cfg.data.min_depth))
+    num_vis = int(cfg.eval.num_visualizations)
+    image_dir = Path(out_dir) / "images" if out_dir is not None else None
+    acc = jax.device_put(zero_metrics(c.num_classes if c.task == SEG else None), sharding.replicated(mesh))
+    total = sum(-(-len(g.indices) // batch_size) for g in groups)
+    threads = max(1, config_threads(cfg.data.num_workers))
+    with ThreadPoolExecutor(threads, thread_name_prefix="iedp-eval") as pool, \
+            _progress(total, f"eval ({protocol.mode})") as bar:
+        for group in groups:
+            for chunk in batch_indices(group, batch_size):
+                local = chunk[rows]
+                made = list(pool.map(lambda i: build_row(dataset, group, protocol, i, c.ignore_index), local))
+                host = {k: np.stack([row[k] for row, _ in made]) for k in made[0][0]}
+                acc, pred = _score_batch(steps, model, protocol, acc, params, frozen,
+                                         sharding.global_batch(mesh, host), group, batch_size)
+                wanted = [(r, i) for r, i in enumerate(local) if 0 <= i < num_vis]
+                if wanted and image_dir is not None:
+                    _write_panels(image_dir, dataset, model, pred, wanted, [ex for _, ex in made], group)
+                bar.update(1)
+    return {**finalize(acc, c.task, dataset.class_names), "mode": protocol.mode, "protocol": protocol.describe(),
+            "num_images": n}
+
+
+# ------------------------------------------------------------------------------ from a workdir
+
+
+def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
+                        checkpoint: str | os.PathLike | None = None, mesh=None) -> dict:
+    """Restores the parameters of a checkpoint of ``workdir`` and scores them with the protocol
+    of ``config.eval``; writes ``workdir/eval/results.json`` (and ``results_<mode>.json``) and
+    prediction PNGs under ``workdir/eval/images``.
+
+    Args:
+      config: the training config (``configs/*.py`` with overrides); ``config.eval`` picks the
+        protocol (``mode`` single|multiscale, ``num_images``, ``num_visualizations``, ...).
+      workdir: the training workdir (checkpoints in ``workdir/checkpoints``).
+      checkpoint: a step folder (``workdir/checkpoints/2000``) or a folder of them; default the
+        latest step of ``workdir/checkpoints``.
+      mesh: a ``('data', 'fsdp')`` mesh; default ``config.mesh.shape`` over all devices.
+
+    Returns:
+      The metrics, with ``step``, ``checkpoint``, ``mode``, ``protocol`` and ``num_images``.
+    """
+    workdir = Path(workdir)
+    directory, step = resolve_checkpoint(workdir, checkpoint)
+    protocol_from_config(config, task_of(config.data.name))  # a bad eval section fails before any load
+    mesh = mesh or sharding.make_mesh(tuple(config.mesh.shape))
+    dataset = make_dataset(config.data, seed=config.seed)
+    model, unet_params, frozen = build_model(config, dataset, workdir)
+    abstract = abstract_params(model, unet_params, frozen, tuple(config.data.crop_size), config.seed)
+    del unet_params  # the checkpoint's UNet replaces the pretrained one
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract,
+                            sharding.tree_shardings(mesh, abstract))
+    frozen = sharding.put(frozen, sharding.tree_shardings(mesh, frozen))
+    log_line(f"restoring step {step} from {directory}")
+    params, trained_steps = restore_params(directory, step, abstract)
+    out_dir = workdir / "eval"
+    results = run_protocol(model, params, frozen, dataset, mesh, config, out_dir=out_dir)
+    results = {"step": trained_steps, "checkpoint": str(directory / str(step)), **results}
+    write_results(results, [out_dir / "results.json", out_dir / f"results_{results['mode']}.json"],
+                  HEADLINE[model.config.task],
+                  f"{results['mode']} ({results['num_images']} images, step {results['step']})")
+    return results

@@ -1,0 +1,1 @@
+"""Reference implementations the tests compare against: PyTorch ports and NumPy transcriptions."""
