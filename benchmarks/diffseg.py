@@ -26,8 +26,7 @@ from benchmarks.unet import sd15_config, timeit
 from diffseg_jax.config import DTYPES, DiffSegConfig
 from diffseg_jax.pipeline import DiffSegmenter, load_diffsegmenter
 from diffseg_jax.prompts import pad_class_prompts
-from iedp_jax.sd import (AutoencoderKL, CLIPTextConfig, CLIPTextTransformer, UNet2DConditionModel, UNetConfig,
-                         VAEConfig)
+from iedp_jax.sd import AutoencoderKL, CLIPTextConfig, CLIPTextTransformer, UNet2DConditionModel, UNetConfig, VAEConfig
 from iedp_jax.sd.schedule import from_config
 from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.sd.unet import init_unet

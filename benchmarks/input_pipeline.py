@@ -8,8 +8,8 @@ it), then streams VPD's training pipeline (resize to (2048, 512) x 0.5-2, crop w
 cat_max_ratio 0.75, flip, photometric distortion, pad) through
 :func:`iedp_jax.data.pipeline.train_iterator` at ``--crop`` / ``--batch``:
 
-- ``folders``: :class:`~iedp_jax.data.folders.ADE20KSource` decoding the files;
-- ``tfds``: :class:`~iedp_jax.data.builders.PreparedADE20KSource` over the array_record copy
+- ``folders``: :class:`~iedp_jax.data.ade20k.ADE20KSource` decoding the files;
+- ``tfds``: :meth:`~iedp_jax.data.ade20k.ADE20KSource.from_prepared` over the array_record copy
   (prepared first; the preparation time is reported on its own);
 - ``torch``: the same ``ADE20KSource.train_example`` in a ``torch.utils.data.DataLoader`` with
   ``num_workers`` = threads worker processes (skipped without torch or with ``--no-torch``).
@@ -48,7 +48,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from iedp_jax.data import transforms as T
-from iedp_jax.data.folders import ADE20KSource, load_label, load_rgb
+from iedp_jax.data.ade20k import ADE20KSource, IedpAde20k
+from iedp_jax.infra import tfds
+from iedp_jax.infra.images import load_label, load_rgb
 
 NUM_LABELS = 151  # ADE20K annotation values 0..150 (0 = other / ignored)
 N_VAL = 2  # validation images (the source insists on a non-empty split)
@@ -123,7 +125,7 @@ def write_ade(root: str | os.PathLike, n: int, seed: int = 0,
 
 def grain_rate(source: Any, batch: int, steps: int, threads: int) -> float:
     """Examples/s of :func:`train_iterator` over ``steps`` batches after one warm-up batch."""
-    from iedp_jax.data.pipeline import train_iterator  # noqa: PLC0415
+    from iedp_jax.data.pipeline import train_iterator
 
     it = train_iterator(source, batch, slice(0, batch), steps + 1, num_threads=threads)
     next(it)
@@ -160,7 +162,7 @@ def torch_rate(source: ADE20KSource, batch: int, steps: int, workers: int, start
     """Examples/s of a DataLoader with ``workers`` processes over the same examples, after one
     warm-up batch per worker (batch ``i`` comes from worker ``i % workers``, so this waits until
     every worker has started)."""
-    import torch.utils.data  # noqa: PLC0415 - optional: skipped without torch or with --no-torch
+    import torch.utils.data
 
     warm = max(1, workers)
     loader = torch.utils.data.DataLoader(
@@ -186,7 +188,7 @@ def breakdown(source: ADE20KSource, count: int) -> dict[str, float]:
     stages = ("decode_jpeg", "decode_png", "resize", "crop", "flip", "photometric", "pad")
     total = dict.fromkeys(stages, 0.0)
     for k in range(count):
-        jpg, png = source.train_files[k % source.num_train]
+        jpg, png = source.train_files.open(k % source.num_train)
         rng = np.random.default_rng((source.seed, 0, k))
         t = [time.perf_counter()]
         image = load_rgb(jpg)
@@ -266,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # PyTorch first: forked workers must not inherit grain's / TensorFlow's threads.
         if not args.no_torch:
             try:
-                import torch  # noqa: F401, PLC0415
+                import torch  # noqa: F401
             except ImportError as e:
                 result["torch_error"] = f"torch not importable: {e}"
             else:
@@ -276,21 +278,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rates["folders"] = {str(t): grain_rate(folders, args.batch, args.steps, t) for t in args.threads}
         if "tfds" in args.formats:
             try:
-                from iedp_jax.data import builders as B  # noqa: PLC0415
-
                 start = time.perf_counter()
-                import tensorflow  # noqa: F401, PLC0415 - timed apart from the preparation
+                import tensorflow  # noqa: F401 - timed apart from the preparation
 
                 result["tensorflow_import_s"] = round(time.perf_counter() - start, 3)
                 shutil.rmtree(root / "tfds", ignore_errors=True)  # time a fresh preparation
                 start = time.perf_counter()
-                B.tfds.disable_progress_bar()  # plain output
-                builder = B.prepare(B.IedpAde20k, root, root / "tfds")
+                tfds.tfds.disable_progress_bar()  # plain output
+                builder = tfds.prepare(IedpAde20k, root, root / "tfds")
                 result["prepare_s"] = round(time.perf_counter() - start, 3)
             except ImportError as e:
                 result["tfds_error"] = str(e)
             else:
-                prepared = B.PreparedADE20KSource(builder, crop, args.seed, num_workers=0)
+                prepared = ADE20KSource.from_prepared(builder, crop, args.seed, num_workers=0)
                 rates["tfds"] = {str(t): grain_rate(prepared, args.batch, args.steps, t) for t in args.threads}
     finally:
         if tmp:

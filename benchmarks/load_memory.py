@@ -25,13 +25,13 @@ MODULE = "benchmarks.load_memory"
 
 def write(folder: Path) -> Path:
     # Imports in the child only (see the module docstring), for this and load().
-    import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-    from safetensors.numpy import save_file  # noqa: PLC0415
+    import jax
+    import numpy as np
+    from safetensors.numpy import save_file
 
-    from benchmarks.unet import sd15_config  # noqa: PLC0415
-    from iedp_jax.sd.export import torch_state_dict  # noqa: PLC0415
-    from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet  # noqa: PLC0415
+    from benchmarks.unet import sd15_config
+    from iedp_jax.sd.export import torch_state_dict
+    from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet
 
     target = folder / "unet" / "diffusion_pytorch_model.safetensors"
     if target.is_file():
@@ -48,9 +48,9 @@ def write(folder: Path) -> Path:
 
 
 def load(folder: str) -> None:
-    import jax  # noqa: PLC0415 - in the child only
+    import jax
 
-    from iedp_jax.sd import load_unet  # noqa: PLC0415
+    from iedp_jax.sd import load_unet
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     _, params = load_unet(folder)
@@ -66,10 +66,10 @@ def main() -> None:
     ap.add_argument("--_load", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_write", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args._load:
+    if args._load:  # noqa: SLF001 - the child process's own flag
         load(args.dir)
         return
-    if args._write:
+    if args._write:  # noqa: SLF001 - the child process's own flag
         write(Path(args.dir))
         return
     # Write and load in separate child processes: a child inherits its parent's peak RSS

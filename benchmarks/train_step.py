@@ -26,23 +26,24 @@ from pathlib import Path
 if "--no-torch" not in sys.argv:  # leave GPU memory to PyTorch in the same process
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import jax  # noqa: E402 - after the environment variable above, which JAX reads on import
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
-from iedp_jax.builder import resolve_backbone  # noqa: E402
-from iedp_jax.infra import sharding  # noqa: E402
-from iedp_jax.train import build_trainer  # noqa: E402
+from iedp_jax.build import resolve_backbone
+from iedp_jax.infra import sharding
+from iedp_jax.trainer import build_trainer
+from tests.helpers import train_batch
 
 
 def bench_torch(cfg, model, heads: dict, workdir: Path, host_batches: list[dict[str, np.ndarray]],
                 steps: int) -> dict:
     """Seconds per step, first-step seconds and peak CUDA memory of the PyTorch reference step,
     built like the JAX ``model`` (UNet from the folder, ``heads``: its implicit/adapter/head)."""
-    import torch  # noqa: PLC0415 - optional: the reference is skipped with --no-torch
+    import torch
 
-    from tests.reference import torch_iedp  # noqa: PLC0415 - imports torch
+    from tests.reference import torch_iedp
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True  # XLA's default float32 matmul precision on GPU
@@ -81,7 +82,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="iedp_bench_"))
     t = build_trainer(cfg, workdir)
     rows = sharding.process_rows(cfg.train.batch_size)
-    host = [t.dataset.train_batch(s, cfg.train.batch_size, rows) for s in range(2)]
+    host = [train_batch(t.dataset, s, cfg.train.batch_size, rows) for s in range(2)]
     batches = [sharding.global_batch(t.mesh, b) for b in host]
     run_torch = not no_torch.value and t.model.config.task == "seg" and jax.process_count() == 1
     # The implicit/adapter/head initial parameters for the reference (the JAX step donates the state).

@@ -69,7 +69,7 @@ def bench_jax(cfg: dict, batch: int, size: int, dtype, iters: int) -> dict:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", 0.0)) if cost else 0.0
-        sec = timeit(lambda: jax.block_until_ready(compiled(params, x, t, ctx)), iters)
+        sec = timeit(lambda: jax.block_until_ready(compiled(params, x, t, ctx)), iters)  # noqa: B023 - called here
         out[name] = dict(images_per_s=batch / sec, tflops=flops / sec / 1e12)
     stats = jax.devices()[0].memory_stats() or {}
     out["peak_bytes"] = stats.get("peak_bytes_in_use")
@@ -77,8 +77,8 @@ def bench_jax(cfg: dict, batch: int, size: int, dtype, iters: int) -> dict:
 
 
 def bench_torch(cfg: dict, batch: int, size: int, dtype: str, iters: int) -> dict:
-    import torch  # noqa: PLC0415 - optional: the reference is skipped with --no-torch
-    from diffusers import UNet2DConditionModel as TorchUNet  # noqa: PLC0415 - imports torch
+    import torch
+    from diffusers import UNet2DConditionModel as TorchUNet
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]

@@ -25,14 +25,29 @@ Built on the backbone :mod:`iedp_jax.sd` and the method-agnostic runtime :mod:`i
 only (never on the IEDP trainer).
 """
 
-from diffseg_jax.attention import (aggregate_cross, class_maps_from_attention, label_map, mean_self_attention,
-                                   minmax_normalize, refine, refined_maps)
+from diffseg_jax.attention import (
+                                   aggregate_cross,
+                                   class_maps_from_attention,
+                                   label_map,
+                                   mean_self_attention,
+                                   minmax_normalize,
+                                   refine,
+                                   refined_maps,
+)
 from diffseg_jax.config import DiffSegConfig, default_config, diffseg_config
 from diffseg_jax.datasets import BENCHMARKS, Benchmark, SegDataset, make_dataset
 from diffseg_jax.filtering import CLIPFilter, candidate_classes, caption_nouns, load_clip_filter
 from diffseg_jax.pipeline import DiffSegmenter, load_diffsegmenter
-from diffseg_jax.prompts import (ClassPrompts, build_prompt, class_token_weights, empty_prompt_ids,
-                                 encode_class_prompts, pad_class_prompts, read_captions, upweight_class_tokens)
+from diffseg_jax.prompts import (
+                                   ClassPrompts,
+                                   build_prompt,
+                                   class_token_weights,
+                                   empty_prompt_ids,
+                                   encode_class_prompts,
+                                   pad_class_prompts,
+                                   read_captions,
+                                   upweight_class_tokens,
+)
 
 __all__ = ["BENCHMARKS", "Benchmark", "CLIPFilter", "ClassPrompts", "DiffSegConfig", "DiffSegmenter", "SegDataset",
            "aggregate_cross", "build_prompt", "candidate_classes", "caption_nouns", "class_maps_from_attention",

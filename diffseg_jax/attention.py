@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from iedp_jax.sd.attention import CROSS, SELF, maps_by_side, mean_map
-from iedp_jax.sd.layers import resize_bilinear
+from iedp_jax.sd.layers import resize_bilinear, resize_region
 
 DEFAULT_EPS = 1e-12
 
@@ -32,23 +32,14 @@ def resize(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
     return y.reshape(lead + tuple(out_hw))
 
 
-def _scale_each(x: jax.Array, out_hw: tuple[int, int], scale: jax.Array) -> jax.Array:
-    """x [N, H, W, ...] -> float32 [N, *out_hw, ...], each x[n] scaled by ``scale[n]`` [2] about
-    the top-left corner (bilinear, half-pixel centres, no antialiasing; reads past the edge clamp)."""
-    def one(img, s):
-        return jax.image.scale_and_translate(img.astype(jnp.float32), tuple(out_hw) + img.shape[2:], (0, 1), s,
-                                             jnp.zeros(2, jnp.float32), method="linear", antialias=False)
-
-    return jax.vmap(one)(x, scale.astype(jnp.float32))
-
-
 def resize_regions(x: jax.Array, hw: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
-    """Resizes the top-left ``hw[n]`` region of each edge-padded canvas ``x[n]`` to ``out_hw``.
+    """Resizes the top-left ``hw[n]`` region of each canvas ``x[n]`` to ``out_hw``.
 
-    x [N, Hc, Wc, ...] (any dtype), hw [N, 2] int -> float32 [N, *out_hw, ...]: the same samples
-    as resizing the unpadded image (the edge padding repeats the last row / column, as the clamp).
+    x [N, Hc, Wc, ...] (any dtype), hw [N, 2] int -> float32 [N, *out_hw, ...]: the samples of
+    resizing the unpadded image (reads clamp to the region, as ``F.interpolate``).
     """
-    return _scale_each(x, out_hw, jnp.asarray(out_hw, jnp.float32) / hw.astype(jnp.float32))
+    target = jnp.broadcast_to(jnp.asarray(out_hw, jnp.int32), hw.shape)
+    return resize_region(x, hw, target, out_hw)
 
 
 def _region(hw: jax.Array, canvas_hw: tuple[int, int]) -> jax.Array:
@@ -71,7 +62,8 @@ def maps_to_canvas(maps: jax.Array, hw: jax.Array, canvas_hw: tuple[int, int], e
       [N, Hc, Wc] float32: inside ``[:H_i, :W_i]`` exactly ``minmax(resize(maps, (H_i, W_i)))``,
       0 outside.
     """
-    out = _scale_each(maps, canvas_hw, hw.astype(jnp.float32) / jnp.asarray(maps.shape[-2:], jnp.float32))
+    source = jnp.broadcast_to(jnp.asarray(maps.shape[-2:], jnp.int32), hw.shape)
+    out = resize_region(maps[..., None], source, hw, canvas_hw)[..., 0]  # [N, Hc, Wc]
     inside = _region(hw, canvas_hw)
     lo = jnp.where(inside, out, jnp.inf).min(axis=(1, 2), keepdims=True)
     hi = jnp.where(inside, out, -jnp.inf).max(axis=(1, 2), keepdims=True)

@@ -85,9 +85,9 @@ def write_captions(images_dir: str | os.PathLike, out_jsonl: str | os.PathLike, 
             f"the BLIP model folder {str(model_dir)!r} does not exist or has no config.json: save a captioning model "
             "there with BlipForConditionalGeneration.from_pretrained(...).save_pretrained(folder) (and its "
             "BlipProcessor).")
-    try:  # optional and heavy: only captioning needs them
-        import torch
-        from transformers import BlipForConditionalGeneration, BlipProcessor
+    try:
+        import torch  # noqa: PLC0415 - optional and heavy: only captioning needs it
+        from transformers import BlipForConditionalGeneration, BlipProcessor  # noqa: PLC0415 - optional BLIP
     except ImportError as e:
         raise MissingDependency(f"captioning needs transformers and torch, which are not installed ({e}): "
                                 "pip install transformers torch.") from None

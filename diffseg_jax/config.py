@@ -206,15 +206,6 @@ def filter_mode(mode: str) -> str:
     return mode
 
 
-def global_batch_size(batch_size: int, devices: int) -> int:
-    """Images per step over all devices: ``batch_size``, or one per device for 0."""
-    b = int(batch_size) or devices
-    if b < 1 or b % devices:
-        raise ConfigError(f"eval.batch_size={batch_size} must be a multiple of the {devices} devices "
-                          "(0 = one image per device).")
-    return b
-
-
 __all__ = ["CLIP_TEMPLATE", "CONTEXT_TEMPLATE", "DATA_FORMATS", "DTYPES", "FILTER_MODES", "NOUN_THRESHOLD", "RATIO",
            "SCHEMA_FIELDS", "TEMPLATES", "VOC_TEMPLATE", "DiffSegConfig", "default_config", "diffseg_config",
-           "filter_mode", "global_batch_size", "jnp_dtype"]
+           "filter_mode", "jnp_dtype"]

@@ -18,9 +18,8 @@ How the batch is laid out:
   image is edge-padded on the host into one fixed canvas (the largest height and width of the
   evaluated images), so one compiled shape serves the whole dataset; inside ``jit`` it is resized
   to ``image_size`` (bilinear, half-pixel centres, no antialiasing: the original's
-  ``F.interpolate``) with a per-image scale (:func:`~diffseg_jax.attention.resize_regions`; the
-  edge padding makes reads past the image's last row/column repeat it, exactly as
-  ``F.interpolate``'s clamp).
+  ``F.interpolate``) from each image's own region (:func:`~diffseg_jax.attention.resize_regions`,
+  reads clamped to the region as ``F.interpolate`` clamps them).
 - **Classes** go through the UNet ``eval.classes_per_call`` at a time (a fixed K; padding
   classes are masked by ``valid``): all candidates of a batch take ``ceil(max K_b / K)`` calls on
   the image latents computed once per batch. Memory grows with ``batch x K`` UNet rows (about
@@ -63,7 +62,8 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from diffseg_jax.config import DATA_FORMATS, diffseg_config, filter_mode, global_batch_size, jnp_dtype
+from diffseg_jax.builders import make_prepared_dataset
+from diffseg_jax.config import DATA_FORMATS, diffseg_config, filter_mode, jnp_dtype
 from diffseg_jax.datasets import IGNORE_INDEX, SegDataset, benchmark, make_dataset
 from diffseg_jax.filtering import CLIPFilter, candidate_classes, load_clip_filter
 from diffseg_jax.pipeline import DiffSegmenter, load_diffsegmenter
@@ -176,9 +176,6 @@ def open_dataset(data: ConfigDict) -> SegDataset:
     if split not in (None, b.split):
         raise ConfigError(f"data.split={data.split!r}: the tfds format prepares the validation split {b.split!r} "
                           "only; use data.format='folders' for other splits.")
-    # tensorflow_datasets is optional and slow to import: only the tfds format loads it.
-    from diffseg_jax.builders import make_prepared_dataset
-
     return make_prepared_dataset(b.key, data.data_dir, str(data.tfds_dir) or None, int(data.num_images))
 
 
@@ -209,10 +206,11 @@ def setup(config: ConfigDict, mesh=None) -> Run:
     dcfg = diffseg_config(config)
     ds = open_dataset(config.data)
     mesh = sharding.make_mesh(tuple(config.mesh.shape)) if mesh is None else mesh
-    batch_size = global_batch_size(config.eval.batch_size, mesh.devices.size)
+    batch_size = sharding.batch_per_step(config.eval.batch_size, mesh, "eval.batch_size")
     k_call = int(config.eval.classes_per_call) or (ds.num_classes - 1)
     if k_call < 1:
         raise ConfigError(f"eval.classes_per_call must be positive (0 = all classes), got {k_call}.")
+    captions = _read_captions(str(config.captions))
 
     seg, params = load_diffsegmenter(config.pretrained, dcfg, dtype=dtype)
     params = jax.device_put(params, sharding.replicated(mesh))
@@ -223,9 +221,8 @@ def setup(config: ConfigDict, mesh=None) -> Run:
                                 noun_threshold=float(f.noun_threshold))
     sizes = [ds.size(i) for i in range(ds.num_images)]
     canvas = (max(h for h, _ in sizes), max(w for _, w in sizes))
-    return Run(config=config, mode=mode, ds=ds, seg=seg, params=params, clip=clip,
-               captions=_read_captions(str(config.captions)), mesh=mesh, batch_size=batch_size,
-               classes_per_call=k_call, canvas=canvas,
+    return Run(config=config, mode=mode, ds=ds, seg=seg, params=params, clip=clip, captions=captions, mesh=mesh,
+               batch_size=batch_size, classes_per_call=k_call, canvas=canvas,
                thresholds=[dcfg.threshold] + [float(t) for t in config.eval.sweep_thresholds],
                fns=EvalFns(seg, mesh, canvas, ds.num_classes, ds.ignore_index))
 

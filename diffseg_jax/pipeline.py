@@ -42,9 +42,22 @@ from diffseg_jax.attention import label_map, maps_to_canvas, minmax_normalize, r
 from diffseg_jax.config import DiffSegConfig
 from diffseg_jax.prompts import ClassPrompts, empty_prompt_ids, encode_class_prompts, upweight_class_tokens
 from iedp_jax.infra.errors import ConfigError
-from iedp_jax.sd import (AttentionCapture, AutoencoderKL, CLIPTextTransformer, NoiseSchedule, Tokenizer,
-                         UNet2DConditionModel, add_noise, attention_maps, load_clip_text, load_noise_schedule,
-                         load_tokenizer, load_unet, load_vae, scale_latents)
+from iedp_jax.sd import (
+    AttentionCapture,
+    AutoencoderKL,
+    CLIPTextTransformer,
+    NoiseSchedule,
+    Tokenizer,
+    UNet2DConditionModel,
+    add_noise,
+    attention_maps,
+    load_clip_text,
+    load_noise_schedule,
+    load_tokenizer,
+    load_unet,
+    load_vae,
+    scale_latents,
+)
 from iedp_jax.sd.attention import Attention, is_self_attention
 from iedp_jax.sd.layers import resize_bilinear
 from iedp_jax.sd.unet import attention_sides

@@ -88,7 +88,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(p) as im:
             return np.asarray(im.convert("RGB"))
-    except Exception as e:  # noqa: BLE001 - PIL raises several types for corrupt or unknown files
+    except Exception as e:
         raise InputError(f"the image {str(p)!r} cannot be read ({type(e).__name__}: {e}).") from None
 
 

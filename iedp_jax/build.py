@@ -9,14 +9,14 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from iedp_jax.infra.distributed import barrier
-from iedp_jax.infra.logs import log_line
 from iedp_jax.config import DTYPES, to_model_config
+from iedp_jax.infra.distributed import barrier
 from iedp_jax.infra.errors import ConfigError
+from iedp_jax.infra.logs import log_line
 from iedp_jax.model import IEDP, SEG
 from iedp_jax.prompts import class_prompt_table, scene_prompt_ids
-from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.sd import load_clip_text, load_clip_vision, load_tokenizer, load_unet, load_vae
+from iedp_jax.sd.tiny import write_tiny_backbone
 
 PyTree = Any
 

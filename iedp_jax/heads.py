@@ -17,9 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from iedp_jax.sd.layers import resize_bilinear
-from iedp_jax.sd.layers import conv, group_norm, resize_nearest
 from iedp_jax.infra.errors import ConfigError
+from iedp_jax.sd.layers import conv, group_norm, resize_bilinear, resize_nearest
 
 Dtype = Any
 _GN_EPS = 1e-5  # PyTorch's GroupNorm default

@@ -6,7 +6,6 @@ valid pixel, so a crop made only of ignored pixels never poisons a training step
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 

@@ -28,13 +28,13 @@ import jax
 import jax.numpy as jnp
 
 from iedp_jax.heads import DepthHead, SemanticFPNHead
+from iedp_jax.infra.errors import ConfigError
 from iedp_jax.losses import cross_entropy, silog
 from iedp_jax.prompts import ClassPromptTable, build_prompts, present_classes
 from iedp_jax.sd.attention import CROSS, NO_CAPTURE, AttentionCapture, attention_maps, maps_by_queries, mean_map
 from iedp_jax.sd.clip import CLIPTextTransformer, CLIPVisionTransformer, clip_preprocess
 from iedp_jax.sd.unet import UNet2DConditionModel, decoder_features, level_sides
 from iedp_jax.sd.vae import AutoencoderKL
-from iedp_jax.infra.errors import ConfigError
 
 PyTree = Any
 Dtype = Any

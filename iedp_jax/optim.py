@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
+
 from iedp_jax.infra.errors import ConfigError
 
 PyTree = Any
@@ -45,7 +46,7 @@ def decay_mask(params: PyTree) -> PyTree:
 
 def lr_multipliers(params: PyTree, unet_lr_mult: float) -> PyTree:
     """Per-leaf learning-rate multiplier: ``unet_lr_mult`` under ``params['unet']``, else 1."""
-    return {k: jax.tree.map(lambda _: unet_lr_mult if k == "unet" else 1.0, v) for k, v in params.items()}
+    return {k: jax.tree.map(lambda _, m=(unet_lr_mult if k == "unet" else 1.0): m, v) for k, v in params.items()}
 
 
 def scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:

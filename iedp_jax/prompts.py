@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iedp_jax.sd.tokenizer import Tokenizer
 from iedp_jax.infra.errors import ConfigError
+from iedp_jax.sd.tokenizer import Tokenizer
 
 
 @flax.struct.dataclass

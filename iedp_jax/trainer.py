@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
-
 from tqdm.auto import tqdm
 
 from iedp_jax.build import abstract_params, build_model

@@ -6,6 +6,8 @@
 - Parallel runs (pytest-xdist, ``-n auto --dist loadgroup`` from pyproject.toml): the tests of a
   module stay on one worker (their module fixtures are built once) unless a test names its own
   ``xdist_group``; the long groups are handed out first so that no worker starts one last.
+- The long groups are marked ``slow``: ``pytest -m "not slow"`` is the quick tier for a
+  development loop; CI runs everything.
 """
 
 import os
@@ -22,9 +24,10 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # Groups that take minutes, in the order they are handed out (with --no-loadscope-reorder xdist
 # keeps this order). Measured on 2 cores in parallel: test_multiprocess ~7 min, test_train ~7 min,
-# seg_learns ~4 min, depth_learns ~3 min, fsdp ~2 min, test_torch_train_step ~1.5 min.
-LONG_FIRST = ("test_multiprocess", "seg_learns", "test_train", "depth_learns", "fsdp", "test_torch_train_step",
-              "ade_config")
+# seg_learns ~4 min, depth_learns ~3 min, ade_config / nyu_config ~2-3 min each (train + evaluate
+# commands), fsdp ~2 min, test_torch_train_step ~1.5 min.
+LONG_FIRST = ("test_multiprocess", "seg_learns", "test_train", "depth_learns", "ade_config", "nyu_config", "fsdp",
+              "diffseg_configs", "test_torch_train_step")
 
 
 def _group(item: pytest.Item) -> str:
@@ -36,5 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).stem))
+        if _group(item) in LONG_FIRST:
+            item.add_marker(pytest.mark.slow)  # the quick tier: pytest -m "not slow"
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
     items.sort(key=lambda it: rank.get(_group(it), len(rank)))  # stable

@@ -127,7 +127,7 @@ def write_voc(root: Path, num_images: int = 3, sizes=(48, 64), seed: int = 0, au
     """``root/VOCdevkit/VOC2012`` with JPEGImages/, ImageSets/Segmentation/val.txt and the labels:
     ``SegmentationClassAug/`` grey PNGs as DeepLab's augmented release (``aug``), or the official
     ``SegmentationClass/`` indexed PNGs with the VOC palette. Returns ``root`` (the data_dir)."""
-    from diffseg_jax.segment import voc_palette  # the palette the official PNGs carry
+    from diffseg_jax.segment import voc_palette
 
     base = Path(root) / "VOCdevkit" / "VOC2012"
     labels = base / ("SegmentationClassAug" if aug else "SegmentationClass")
@@ -188,7 +188,7 @@ def write_tiny_clip(folder: Path, backbone: Path) -> Path:
     import json
     import shutil
 
-    import torch  # optional and heavy: only the CLIP tests need it
+    import torch
     import transformers
 
     from tests.helpers import perturb_

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from iedp_jax.sd.tiny import write_tiny_backbone
-from tests.fakes import H, NYU_TEST, W, write_ade, write_nyu
+from tests.fakes import NYU_TEST, H, W, write_ade, write_nyu
 from tests.helpers import ROOT, load_config
 
 # Sizes only: a 64 px crop (the fakes are 60x80), two steps of two images, small heads.

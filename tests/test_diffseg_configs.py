@@ -14,15 +14,26 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffseg_jax.builders import BUILDERS
-from diffseg_jax.config import (CLIP_TEMPLATE, NOUN_THRESHOLD, RATIO, SCHEMA_FIELDS, DiffSegConfig, default_config,
-                                diffseg_config, global_batch_size, jnp_dtype)
+from diffseg_jax.config import (
+    CLIP_TEMPLATE,
+    NOUN_THRESHOLD,
+    RATIO,
+    SCHEMA_FIELDS,
+    DiffSegConfig,
+    default_config,
+    diffseg_config,
+    jnp_dtype,
+)
 from diffseg_jax.datasets import BENCHMARKS
 from diffseg_jax.evaluate import open_dataset, setup
+from iedp_jax.infra import sharding
 from iedp_jax.infra.errors import ConfigError
 from iedp_jax.sd.tiny import write_tiny_backbone
 from tests.fakes import DIFFSEG_WRITERS, write_tiny_clip
@@ -68,9 +79,10 @@ def test_config_errors_are_one_sentence(tmp_path):
     c.filtering.mode = "all"
     with pytest.raises(ConfigError, match="config.pretrained is empty"):
         setup(c)
+    two, four = (types.SimpleNamespace(devices=np.empty(n)) for n in (2, 4))  # meshes of 2 and 4 devices
     with pytest.raises(ConfigError, match=r"^eval.batch_size=3 must be a multiple of the 2 devices"):
-        global_batch_size(3, 2)
-    assert global_batch_size(0, 4) == 4 and global_batch_size(8, 4) == 8
+        sharding.batch_per_step(3, two, "eval.batch_size")
+    assert sharding.batch_per_step(0, four, "b") == 4 and sharding.batch_per_step(8, four, "b") == 8
     with pytest.raises(ConfigError, match=r"^dtype='float16' is not one of float32, bfloat16\.$"):
         jnp_dtype("float16")
     c.data.format = "zip"

@@ -8,8 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffseg_jax import (DiffSegConfig, aggregate_cross, class_maps_from_attention, label_map, load_diffsegmenter,
-                         mean_self_attention, pad_class_prompts, refine)
+from diffseg_jax import (
+    DiffSegConfig,
+    aggregate_cross,
+    class_maps_from_attention,
+    label_map,
+    load_diffsegmenter,
+    mean_self_attention,
+    pad_class_prompts,
+    refine,
+)
 from diffseg_jax.attention import maps_to_canvas, minmax_normalize, resize, resize_regions
 from diffseg_jax.pipeline import _SelfAttentionMean
 from iedp_jax.infra.errors import ConfigError

@@ -230,10 +230,10 @@ def test_given_and_clip_filtering(backbone, fake, tmp_path):
     ds = make_dataset("voc", fake["voc"])
     cfg = _config("voc", backbone, fake["voc"])
     cfg.filtering.mode = "given"
-    r = evaluate(cfg, tmp_path / "gt")
+    r = evaluate(cfg, tmp_path / "given")
     assert r["filtering"] == "given" and "oracle" in r["filtering_note"] and "ground-truth" in r["protocol"]
     present = [sorted(set(np.unique(ds.load(i)[1]).tolist()) - {0, 255}) for i in range(3)]
-    got = [json.loads(line) for line in (tmp_path / "gt" / "candidates.jsonl").read_text().splitlines()]
+    got = [json.loads(line) for line in (tmp_path / "given" / "candidates.jsonl").read_text().splitlines()]
     assert got == [{"image": ds.name(i), "classes": [VOC_CLASSES[c] for c in present[i]]} for i in range(3)]
 
     clip = write_tiny_clip(tmp_path / "clip", backbone)

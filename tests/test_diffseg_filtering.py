@@ -6,8 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffseg_jax.filtering import (candidate_classes, caption_nouns, clip_crop, clip_logits, keep_by_ratio,
-                                   load_clip_filter, similar_labels)
+from diffseg_jax.filtering import (
+    candidate_classes,
+    caption_nouns,
+    clip_crop,
+    clip_logits,
+    keep_by_ratio,
+    load_clip_filter,
+    similar_labels,
+)
 from iedp_jax.infra.errors import ConfigError
 from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.sd.weights import WeightsError

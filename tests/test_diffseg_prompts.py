@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from diffseg_jax.config import DiffSegConfig
-from diffseg_jax.prompts import (build_prompt, empty_prompt_ids, encode_class_prompts, pad_class_prompts,
-                                 read_captions, upweight_class_tokens)
+from diffseg_jax.prompts import (
+    build_prompt,
+    empty_prompt_ids,
+    encode_class_prompts,
+    pad_class_prompts,
+    read_captions,
+    upweight_class_tokens,
+)
 from iedp_jax.infra.errors import ConfigError, InputError
 from iedp_jax.sd import load_tokenizer
 from iedp_jax.sd.tiny import write_tiny_backbone

@@ -9,12 +9,12 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.fakes import H, NYU_TEST, W, write_ade, write_nyu
 from iedp_jax.config import base_config
 from iedp_jax.data.ade20k import ADE20K_CLASSES, ADE20KSource
 from iedp_jax.data.catalog import make_dataset
 from iedp_jax.data.nyu import NYUv2Source, scene_from_path
 from iedp_jax.infra.errors import ConfigError, DatasetError
+from tests.fakes import NYU_TEST, H, W, write_ade, write_nyu
 from tests.helpers import train_batch
 
 CROP = (32, 32)
@@ -147,7 +147,7 @@ def test_nyu_interface_and_train_batches(nyu_dir):
     assert b["depth"].shape == (4, 32, 32) and b["depth"].dtype == np.float32
     assert b["scene"].shape == (4,) and b["scene"].dtype == np.int32
     assert b["depth"].min() >= 0 and b["depth"].max() < 9.0
-    assert 0.5 <= b["depth"][b["depth"] > 0].min()          # metres, not millimetres
+    assert b["depth"][b["depth"] > 0].min() >= 0.5          # metres, not millimetres
     # scenes of the batch are those of the files its indices point at
     names = [src.scene_names[s] for s in b["scene"]]
     expected = [["kitchen", "kitchen", "living_room", "study_room"][i] for i in src.train_indices(2, 4)]

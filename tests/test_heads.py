@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from iedp_jax.heads import DepthHead, SemanticFPNHead
 from iedp_jax.losses import cross_entropy, silog

@@ -271,7 +271,8 @@ def test_local_multiprocess_sets_the_environment_and_prefixes_output():
 
 
 def test_local_multiprocess_fake_devices_and_port():
-    code = "import os; print(os.environ['JAX_PLATFORMS'], os.environ['XLA_FLAGS'], os.environ['IEDP_COORDINATOR_ADDRESS'])"
+    code = ("import os; print(os.environ['JAX_PLATFORMS'], os.environ['XLA_FLAGS'], "
+            "os.environ['IEDP_COORDINATOR_ADDRESS'])")
     env = clean_env(XLA_FLAGS="--xla_dump_to=/tmp/none")
     r = run([str(LAUNCH / "local_multiprocess.sh"), "-n", "2", "-d", "4", "-p", "23456", "--",
              sys.executable, "-c", code], env)

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iedp_jax.infra.metrics import (confusion_matrix, depth_metric_sums, depth_metrics,
-                              segmentation_metrics)
+from iedp_jax.infra.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
 
 # 4 classes; class 3 is absent from both label and prediction. 255 = ignore, 7 = out of range.
 LABEL = np.array([[0, 0, 1, 1],

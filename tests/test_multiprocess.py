@@ -15,12 +15,11 @@ import jax
 import numpy as np
 import pytest
 
+from iedp_jax.eval.runner import evaluate_checkpoint
 from iedp_jax.infra import distributed
 from iedp_jax.infra.compile import Synchronized
-from iedp_jax.eval.runner import evaluate_checkpoint
 from iedp_jax.trainer import train
-from tests.helpers import quick_compile
-from tests.helpers import ROOT, params_of, small
+from tests.helpers import ROOT, params_of, quick_compile, small
 
 LAUNCH = ROOT / "launch" / "local_multiprocess.sh"
 # A short smoke run. Adam's first steps are ~lr * sign(g), which turns rounding-level gradient
@@ -126,7 +125,8 @@ def test_distributed_settings_from_environment():
 def test_memory_plan_counts_shards():
     """fsdp=4 splits a [1024, 8] float32 leaf four ways; small leaves stay whole on every device."""
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from iedp_jax.infra import memory
 
@@ -140,7 +140,8 @@ def test_memory_plan_counts_shards():
 
     assert memory.per_device_bytes([big, jax.ShapeDtypeStruct((3,), jnp.bfloat16)],
                                         [Quarter(), NamedSharding(mesh, P())]) == 256 * 8 * 4 + 3 * 2
-    state = {"params": {"w": jnp.zeros((1024, 8))}, "opt_state": ({"mu": jnp.zeros((1024, 8)), "nu": jnp.zeros((1024, 8))},)}
+    state = {"params": {"w": jnp.zeros((1024, 8))},
+             "opt_state": ({"mu": jnp.zeros((1024, 8)), "nu": jnp.zeros((1024, 8))},)}
     p = memory.plan(state, {"vae": jnp.zeros((10,), jnp.bfloat16)})
     assert p["params"] == p["params_full"] == 32768 / memory.GIB
     assert p["optimizer"] == 2 * 32768 / memory.GIB and p["frozen"] == 20 / memory.GIB

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from iedp_jax.sd.tiny import write_tiny_backbone
 from iedp_jax.prompts import build_prompts, class_prompt_table, present_classes
 from iedp_jax.sd import load_tokenizer
+from iedp_jax.sd.tiny import write_tiny_backbone
 
 NAMES = ("wall", "floor", "bed", "red square", "painting", "chest of drawers")
 

@@ -21,9 +21,9 @@ from safetensors.numpy import load_file
 from iedp_jax.data import synthetic
 from iedp_jax.data.synthetic import GRID, SyntheticDepth, SyntheticSegmentation
 from iedp_jax.sd import tiny
-from iedp_jax.sd.tiny import TOKENIZER_WORDS, random_params, write_tiny_backbone
 from iedp_jax.sd.clip import load_clip_text, load_clip_vision
 from iedp_jax.sd.schedule import load_noise_schedule
+from iedp_jax.sd.tiny import TOKENIZER_WORDS, random_params, write_tiny_backbone
 from iedp_jax.sd.tokenizer import load_tokenizer
 from iedp_jax.sd.unet import load_unet
 from iedp_jax.sd.vae import load_vae

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
 from iedp_jax.config import base_config
 from iedp_jax.data.ade20k import ADE20KSource, IedpAde20k
 from iedp_jax.data.catalog import make_dataset

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from iedp_jax.build import resolve_backbone
 from iedp_jax.infra import sharding
-from iedp_jax.builder import resolve_backbone
 from iedp_jax.prompts import build_prompts, present_classes
-from iedp_jax.train import build_trainer
+from iedp_jax.trainer import build_trainer
 from tests.helpers import small, train_batch
 from tests.reference import torch_iedp
 

@@ -14,11 +14,12 @@ import pytest
 
 from iedp_jax.infra import sharding
 from iedp_jax.infra.checkpoint import Checkpointer
+from iedp_jax.infra.errors import ConfigError, NonFiniteLoss
 from iedp_jax.prompts import class_prompt_table
 from iedp_jax.sd import load_tokenizer
-from iedp_jax.infra.errors import ConfigError, NonFiniteLoss
 from iedp_jax.trainer import build_trainer, train
 from tests.helpers import ROOT, load_config, params_of, quick_compile, small, train_batch
+
 
 @pytest.mark.xdist_group("seg_learns")
 def test_smoke_seg_learns(tmp_path):

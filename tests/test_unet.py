@@ -227,7 +227,8 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(sd1_unet, tmp_path):
 
     def reshape(t):
         t["conv_in.weight"] = np.zeros((32, 4, 5, 5), np.float32)
-    with pytest.raises(WeightsError, match=r"wrong shapes: conv_in\.weight \(32, 4, 5, 5\) \(our kernel expects \(3, 3, 4, 32\)\)\)"):
+    wrong = r"wrong shapes: conv_in\.weight \(32, 4, 5, 5\) \(our kernel expects \(3, 3, 4, 32\)\)\)"
+    with pytest.raises(WeightsError, match=wrong):
         load_unet(_copy(root, tmp_path / "c", reshape))
 
     def bad_config(c):

@@ -11,8 +11,6 @@ import pytest
 from PIL import Image
 
 from iedp_jax.data import transforms
-from tests.reference.protocols import (blocky_image, depth_dummy, np_aug_test, np_resize,
-                                       np_slide_inference, np_softmax, np_vpd_depth, onehot_colour, pooled)
 from iedp_jax.eval.windows import (
     depth_windows,
     eval_resize_hw,
@@ -22,8 +20,19 @@ from iedp_jax.eval.windows import (
     slide_grid,
     slide_inference,
 )
-from iedp_jax.sd.layers import resize_bilinear, resize_region
 from iedp_jax.infra import visualize
+from iedp_jax.sd.layers import resize_bilinear, resize_region
+from tests.reference.protocols import (
+    blocky_image,
+    depth_dummy,
+    np_aug_test,
+    np_resize,
+    np_slide_inference,
+    np_softmax,
+    np_vpd_depth,
+    onehot_colour,
+    pooled,
+)
 
 
 def canvas_batch(images, crop, stride, canvas, k=None):
@@ -174,7 +183,7 @@ def test_depth_two_windows_and_flip_equal_vpd_transcription():
     offsets, valid = pad_windows([slide_grid((48, 64), crop, (16, 16))] * 2)
     assert offsets[0].tolist() == [[0, 0], [0, 16]]
     for flip in (True, False):
-        ours = np.asarray(jax.jit(lambda im, o, v: depth_windows(depth_dummy, im, o, v, crop, flip))(
+        ours = np.asarray(jax.jit(lambda im, o, v, f=flip: depth_windows(depth_dummy, im, o, v, crop, f))(
             jnp.asarray(image), jnp.asarray(offsets), jnp.asarray(valid)))
         for i in range(2):
             np.testing.assert_allclose(ours[i], np_vpd_depth(image[i], 48, 2, flip, depth_dummy), rtol=1e-6)

@@ -27,8 +27,15 @@ from iedp_jax.data.sources import Example, FileSource
 from iedp_jax.infra.errors import DatasetError
 from iedp_jax.infra.files import DiskPairs, PairFiles
 from iedp_jax.infra.images import load_depth_png, load_rgb
-from iedp_jax.infra.tfds import (FolderBuilder, RecordPairs, bytes_feature, prepare_once, record_index, require_tfds,
-                                 tfds)
+from iedp_jax.infra.tfds import (
+    FolderBuilder,
+    RecordPairs,
+    bytes_feature,
+    prepare_once,
+    record_index,
+    require_tfds,
+    tfds,
+)
 from iedp_jax.infra.threads import config_threads
 
 TRAIN_SPLIT = "nyudepthv2_train_files_with_gt.txt"

@@ -264,7 +264,8 @@ def open_source(cfg_data, seed: int) -> SyntheticSource:
     """The source of ``data.name`` in {'synthetic_seg', 'synthetic_depth'} (square crops)."""
     h, w = cfg_data.crop_size
     if h != w:
-        raise ConfigError(f"synthetic datasets are square: set data.crop_size to (N, N), got {tuple(cfg_data.crop_size)}.")
+        raise ConfigError("synthetic datasets are square: set data.crop_size to (N, N), got "
+                          f"{tuple(cfg_data.crop_size)}.")
     if cfg_data.name == "synthetic_seg":
         data = SyntheticSegmentation(num_classes=cfg_data.num_classes, image_size=h, seed=seed)
         return SyntheticSource(data, "seg", cfg_data.train_size, cfg_data.val_size, seed, cfg_data.ignore_index)

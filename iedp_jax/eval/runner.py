@@ -209,7 +209,7 @@ def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset: DataSourc
         for group in groups:
             for chunk in batch_indices(group, batch_size):
                 local = chunk[rows]
-                made = list(pool.map(lambda i: build_row(dataset, group, protocol, i, c.ignore_index), local))
+                made = list(pool.map(lambda i, g=group: build_row(dataset, g, protocol, i, c.ignore_index), local))
                 host = {k: np.stack([row[k] for row, _ in made]) for k in made[0][0]}
                 acc, pred = _score_batch(steps, model, protocol, acc, params, frozen,
                                          sharding.global_batch(mesh, host), group, batch_size)

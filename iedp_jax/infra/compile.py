@@ -7,7 +7,6 @@ XLA's memory analysis, which the trainer prints after compiling.
 
 from __future__ import annotations
 
-
 import jax
 
 from iedp_jax.infra.distributed import barrier

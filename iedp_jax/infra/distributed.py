@@ -59,7 +59,7 @@ def cluster_detected(env: Mapping[str, str]) -> bool:
 def initialize(env: Mapping[str, str] | None = None) -> bool:
     """Starts the JAX distributed runtime when this run spans processes; True when it did (or
     already had). Idempotent."""
-    global _initialized  # noqa: PLW0603 - one runtime per process
+    global _initialized
     if _initialized:
         return True
     env = os.environ if env is None else env

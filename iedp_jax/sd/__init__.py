@@ -6,8 +6,15 @@ config or checkpoint that cannot be used raises :class:`WeightsError` (a ``Value
 """
 
 from iedp_jax.sd.attention import AttentionCapture, attention_maps
-from iedp_jax.sd.clip import (CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig, CLIPVisionTransformer,
-                              clip_preprocess, load_clip_text, load_clip_vision)
+from iedp_jax.sd.clip import (
+                              CLIPTextConfig,
+                              CLIPTextTransformer,
+                              CLIPVisionConfig,
+                              CLIPVisionTransformer,
+                              clip_preprocess,
+                              load_clip_text,
+                              load_clip_vision,
+)
 from iedp_jax.sd.schedule import NoiseSchedule, add_noise, load_noise_schedule
 from iedp_jax.sd.tokenizer import Tokenizer, load_tokenizer
 from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, decoder_features, load_unet

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from iedp_jax.sd.attention import CROSS, NO_CAPTURE, SELF, Attention, AttentionCapture
 from iedp_jax.sd.layers import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
 from iedp_jax.sd.names import flax_path_to_module_name
-from iedp_jax.sd.weights import load_params, read_config, resolve_component
+from iedp_jax.sd.weights import WeightsError, load_params, parse_config, resolve_component
 
 Dtype = Any
 
@@ -51,10 +51,10 @@ def _per_block(value: Any, n: int, field: str) -> tuple:
     """An int (or str) broadcast to ``n`` blocks, or a length-``n`` sequence."""
     if isinstance(value, (list, tuple)):
         if len(value) != n:
-            raise ValueError(f"UNet config field {field!r} has {len(value)} entries for {n} blocks: "
+            raise WeightsError(f"UNet config field {field!r} has {len(value)} entries for {n} blocks: "
                              "give one per down block.")
         if any(isinstance(v, (list, tuple)) for v in value):
-            raise ValueError(f"UNet config field {field!r} with nested per-layer values is not supported.")
+            raise WeightsError(f"UNet config field {field!r} with nested per-layer values is not supported.")
         return tuple(value)
     return (value,) * n
 
@@ -92,33 +92,33 @@ class UNetConfig:
         """Reads a diffusers config dict; unsupported variants fail with the field named."""
         for field, default in _UNSUPPORTED.items():
             if cfg.get(field, default) not in (default,):
-                raise ValueError(f"UNet config field {field}={cfg[field]!r} is not supported "
+                raise WeightsError(f"UNet config field {field}={cfg[field]!r} is not supported "
                                  f"(only {default!r}): this is not an SD 1.x/2.x UNet.")
         down = tuple(cfg.get("down_block_types", cls.down_block_types))
         up = tuple(cfg.get("up_block_types", cls.up_block_types))
         n = len(down)
         for t in down:
             if t not in _DOWN_TYPES:
-                raise ValueError(f"UNet down block type {t!r} is not supported (only {_DOWN_TYPES}).")
+                raise WeightsError(f"UNet down block type {t!r} is not supported (only {_DOWN_TYPES}).")
         for t in up:
             if t not in _UP_TYPES:
-                raise ValueError(f"UNet up block type {t!r} is not supported (only {_UP_TYPES}).")
+                raise WeightsError(f"UNet up block type {t!r} is not supported (only {_UP_TYPES}).")
         mid = cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")
         if mid not in ("UNetMidBlock2DCrossAttn", None):
-            raise ValueError(f"UNet mid_block_type {mid!r} is not supported.")
+            raise WeightsError(f"UNet mid_block_type {mid!r} is not supported.")
         channels = tuple(cfg.get("block_out_channels", cls.block_out_channels))
         if len(up) != n or len(channels) != n:
-            raise ValueError("UNet config must give as many up_block_types and block_out_channels "
+            raise WeightsError("UNet config must give as many up_block_types and block_out_channels "
                              "as down_block_types.")
         # diffusers quirk: SD configs put the head *count* in attention_head_dim.
         heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim", 8)
         cross = cfg.get("cross_attention_dim", 1280)
         if isinstance(cross, (list, tuple)):
             if len(set(cross)) != 1:
-                raise ValueError("UNet config with a different cross_attention_dim per block is not supported.")
+                raise WeightsError("UNet config with a different cross_attention_dim per block is not supported.")
             cross = cross[0]
         if cfg.get("norm_num_groups", 32) is None:
-            raise ValueError("UNet config norm_num_groups=None is not supported.")
+            raise WeightsError("UNet config norm_num_groups=None is not supported.")
         return cls(
             in_channels=cfg.get("in_channels", 4),
             out_channels=cfg.get("out_channels", 4),
@@ -437,7 +437,7 @@ def load_unet(path: str | os.PathLike, dtype: Dtype = jnp.float32, param_dtype: 
     folder = resolve_component(path, "unet", "UNet",
                                "diffusers Stable Diffusion folder (unet/config.json and "
                                "unet/diffusion_pytorch_model.safetensors) or its unet/ folder")
-    config = UNetConfig.from_dict(read_config(folder))
+    config = parse_config(folder, UNetConfig.from_dict)
     param_dtype = param_dtype or dtype
     module = UNet2DConditionModel(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
     params = load_params(folder, "diffusion_pytorch_model", lambda: init_unet(module), param_dtype)

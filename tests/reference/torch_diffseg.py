@@ -37,7 +37,7 @@ def torch_reference(folder: Path, seg: DiffSegmenter, images: np.ndarray, ids: n
     """The same steps in PyTorch (diffusers UNet/VAE, transformers CLIP), one UNet call per class,
     with the pipeline's own noise draws (seed 0, image b keyed by b). Returns ``run()`` -> class
     maps [B, K, H, W] (numpy)."""
-    import torch  # optional and heavy: only the reference needs PyTorch
+    import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel

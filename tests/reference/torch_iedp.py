@@ -450,8 +450,8 @@ def load_reference(sd_folder: str | Path, clip_folder: str | Path, config: Any, 
     """Builds :class:`TorchIEDP` from the folders the JAX trainer uses: a diffusers SD folder
     (``unet/``, ``vae/``, ``text_encoder/``) and an HF CLIP vision folder. ``prompts``: the JAX
     model's ``ClassPromptTable`` (or a :class:`PromptTable`)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: PLC0415
-    from transformers import CLIPTextModel, CLIPVisionModel  # noqa: PLC0415
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPVisionModel
 
     sd = Path(sd_folder)
     unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet", torch_dtype=torch.float32)
