@@ -1,9 +1,10 @@
 """Evaluate a trained IEDP checkpoint with the published protocols:
-``python -m iedp_jax.evaluate --config configs/ade.py --workdir DIR [--checkpoint PATH]``.
+``python -m iedp_jax.evaluate --workdir DIR [--checkpoint PATH] [--config.eval.mode=multiscale]``.
 
-Restores the latest checkpoint of ``DIR/checkpoints`` (or ``--checkpoint``), scores it with the
-protocol of ``config.eval`` (:func:`iedp_jax.eval.runner.evaluate_checkpoint`), and writes
-``DIR/eval/results.json`` (also ``results_<mode>.json``) and ``eval.num_visualizations``
+The config is the run's own (``DIR/config.json``, written by the trainer; ``--config FILE`` with
+overrides replaces it). Restores the latest checkpoint of ``DIR/checkpoints`` (or
+``--checkpoint``), scores it with the protocol of ``config.eval``
+(:func:`iedp_jax.eval.runner.evaluate_checkpoint`), and writes ``DIR/eval/results.json`` (also ``results_<mode>.json``) and ``eval.num_visualizations``
 ``image | prediction | ground truth`` PNGs under ``DIR/eval/images/``. An entry point only:
 nothing imports it.
 """
@@ -15,6 +16,7 @@ from ml_collections import ConfigDict
 
 from iedp_jax.eval.runner import evaluate_checkpoint
 from iedp_jax.infra.cli import run
+from iedp_jax.run_files import read_config
 from iedp_jax.sd.weights import WeightsError
 
 
@@ -28,4 +30,4 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    run(main, _define_flags, user_errors=(WeightsError,))
+    run(main, _define_flags, user_errors=(WeightsError,), config_from_workdir=read_config)

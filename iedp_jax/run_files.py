@@ -79,14 +79,14 @@ def write_run_files(workdir: str | os.PathLike, cfg: ConfigDict, dataset: Any) -
     _write_atomic(workdir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
 
-def _merge(into: ConfigDict, saved: dict, where: str) -> None:
+def _merge(into: ConfigDict, saved: dict, path: Path, prefix: str = "") -> None:
     for key, value in saved.items():
         if key not in into:
-            raise InputError(f"{where} has the key {key!r}, which this version's config does not know: evaluate "
-                             "it with the iedp_jax version that trained it, or pass --config explicitly.")
+            raise InputError(f"{path} has the key {prefix}{key}, which this version's config does not know: use "
+                             "the iedp_jax version that trained it, or pass --config explicitly.")
         current = into[key]
         if isinstance(current, ConfigDict):
-            _merge(current, value, f"{where}.{key}" if where != CONFIG_FILE else key)
+            _merge(current, value, path, f"{prefix}{key}.")
         elif isinstance(current, tuple):
             into[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         else:
@@ -100,7 +100,7 @@ def read_config(workdir: str | os.PathLike) -> ConfigDict:
         raise InputError(f"{path} does not exist: pass the workdir of a training run (it writes {CONFIG_FILE} "
                          "at start), or give --config with the training overrides.")
     cfg = base_config()
-    _merge(cfg, json.loads(path.read_text()), CONFIG_FILE)
+    _merge(cfg, json.loads(path.read_text()), path)
     return cfg
 
 

@@ -35,6 +35,7 @@ from iedp_jax.infra.logs import MetricWriter, log_line, write_results
 from iedp_jax.infra.threads import config_threads
 from iedp_jax.model import IEDP
 from iedp_jax.optim import make_optimizer
+from iedp_jax.run_files import write_run_files
 
 PyTree = Any
 
@@ -187,6 +188,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     total = int(cfg.train.total_steps)
     end = total if stop_after is None else min(stop_after, total)
     t = build_trainer(cfg, workdir)
+    write_run_files(workdir, cfg, t.dataset)
     log_line(memory.describe(memory.plan(t.state, t.frozen), t.mesh.shape))
 
     ckpt = Checkpointer(workdir / "checkpoints", cfg.train.ckpt_every, cfg.train.keep_checkpoints)

@@ -8,7 +8,9 @@ defined only when an entry point runs, never on import."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
@@ -17,30 +19,67 @@ from iedp_jax.infra import distributed
 from iedp_jax.infra.errors import UserError
 
 
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name=v`` / ``--name v`` in ``argv`` (None when absent)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _has_config_file(argv: list[str]) -> bool:
+    return any(a == "--config" or a.startswith("--config=") for a in argv)
+
+
+def _exit_on_user_error(prefix: str, user_errors: tuple[type[BaseException], ...], fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (UserError, *user_errors) as e:
+        if os.environ.get("IEDP_TRACEBACK") == "1":
+            raise
+        raise SystemExit(f"[{prefix}] {e}") from None
+
+
 def run(main: Callable[[ConfigDict, str, dict], None], extra_flags: Callable[[], None] | None = None,
-        prefix: str = "iedp", user_errors: tuple[type[BaseException], ...] = ()) -> None:
+        prefix: str = "iedp", user_errors: tuple[type[BaseException], ...] = (),
+        config_from_workdir: Callable[[str], ConfigDict] | None = None, argv: list[str] | None = None) -> None:
     """Parses the flags and calls ``main(config, workdir, other_flag_values)``; a
     :class:`~iedp_jax.infra.errors.UserError` (or one of ``user_errors``) exits with status 1 and
-    ``[prefix] <its sentence>``."""
-    config = config_flags.DEFINE_config_file(
-        "config", None, "Config file, e.g. configs/ade.py; override fields with --config.a.b=value.",
-        lock_config=True)
+    ``[prefix] <its sentence>``.
+
+    With ``config_from_workdir``, ``--config`` is optional: without it the config is
+    ``config_from_workdir(WORKDIR)`` (the run's saved config), still overridable with
+    ``--config.a.b=value``.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    workdir_arg = _flag_value(argv, "workdir")
+    if config_from_workdir is not None and not _has_config_file(argv) and workdir_arg:
+        saved = _exit_on_user_error(prefix, user_errors, lambda: config_from_workdir(workdir_arg))
+        config = config_flags.DEFINE_config_dict(
+            "config", saved, "The run's saved config (WORKDIR/config.json); override fields with --config.a.b=value.",
+            lock_config=True)
+    else:
+        config = config_flags.DEFINE_config_file(
+            "config", None, "Config file, e.g. configs/ade.py; override fields with --config.a.b=value"
+            + ("; default: the run's saved config in WORKDIR." if config_from_workdir else "."), lock_config=True)
+        flags.mark_flag_as_required("config")
     workdir = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.")
     if extra_flags:
         extra_flags()
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flag_as_required("workdir")
 
-    def _main(argv: list[str]) -> None:
+    def _main(args: list[str]) -> None:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # orbax logs every file write at INFO
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments {argv[1:]}: every option is a --flag.")
-        try:
+        if len(args) > 1:
+            raise app.UsageError(f"unexpected arguments {args[1:]}: every option is a --flag.")
+
+        def start() -> None:
             distributed.initialize()  # before anything touches a device
             main(config.value, workdir.value, flags.FLAGS.flag_values_dict())
-        except (UserError, *user_errors) as e:
-            if os.environ.get("IEDP_TRACEBACK") == "1":
-                raise
-            raise SystemExit(f"[{prefix}] {e}") from None
 
-    app.run(_main)
+        _exit_on_user_error(prefix, user_errors, start)
+
+    app.run(_main, argv=argv)
