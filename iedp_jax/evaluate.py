@@ -4,9 +4,9 @@
 The config is the run's own (``DIR/config.json``, written by the trainer; ``--config FILE`` with
 overrides replaces it). Restores the latest checkpoint of ``DIR/checkpoints`` (or
 ``--checkpoint``), scores it with the protocol of ``config.eval``
-(:func:`iedp_jax.eval.runner.evaluate_checkpoint`), and writes ``DIR/eval/results.json`` (also ``results_<mode>.json``) and ``eval.num_visualizations``
-``image | prediction | ground truth`` PNGs under ``DIR/eval/images/``. An entry point only:
-nothing imports it.
+(:func:`iedp_jax.eval.runner.evaluate_checkpoint`), and writes ``DIR/eval/results.json`` (also
+``results_<mode>.json``) and ``eval.num_visualizations`` ``image | prediction | ground truth``
+PNGs under ``DIR/eval/images/``. An entry point only: nothing imports it.
 """
 
 from __future__ import annotations
