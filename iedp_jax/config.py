@@ -72,8 +72,13 @@ def base_config() -> ConfigDict:
         clip_grad_norm=0.0, b1=0.9, b2=0.999, eps=1e-8,
     ))
     c.train = ConfigDict(dict(
-        batch_size=16, total_steps=80000, log_every=50, ckpt_every=2000, keep_checkpoints=3,
+        batch_size=16,            # the global (effective) batch per optimizer step
+        grad_accum_steps=1,       # split each batch into this many micro-batches (activations of one)
+        total_steps=80000, log_every=50, ckpt_every=2000, keep_checkpoints=3,
         eval_batch_size=16,
+        eval_every=0,             # centre-crop validation every N steps (+ best checkpoint); 0 = at the end only
+        num_panels=4,             # prediction panels sent to TensorBoard at each validation
+        profile_steps=(),         # (first, last): a jax.profiler trace of these steps in WORKDIR/profile
     ))
     c.mesh = ConfigDict(dict(shape=(-1, 1)))  # (data, fsdp); -1 takes the remaining devices
     c.eval = ConfigDict(dict(     # python -m iedp_jax.evaluate (the official protocols)

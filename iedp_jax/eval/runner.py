@@ -6,8 +6,11 @@
   (:mod:`iedp_jax.eval.windows`): mmseg's sliding window (``eval.mode=single``) or multi-scale +
   flip (``multiscale``) for segmentation, scored at the original label size; VPD's two windows +
   flip with the Eigen crop for NYUv2 depth.
-- :func:`evaluate_checkpoint`: restores a checkpoint of a workdir and runs the protocol (what
-  ``python -m iedp_jax.evaluate`` calls).
+- :func:`protocol_batches`: the protocol's batch loop itself, one :class:`ProtocolBatch` (the
+  predictions at full resolution) at a time; :func:`run_protocol` scores them, and
+  :class:`iedp_jax.trained.TrainedModel` returns them for images without labels.
+- :func:`evaluate_checkpoint`: restores a checkpoint of a workdir (:func:`restore_model`) and
+  runs the protocol (what ``python -m iedp_jax.evaluate`` calls).
 
 Segmentation: logits resized bilinearly to the label, argmax, a confusion matrix summed over
 batches -> mIoU / aAcc / mAcc / per-class IoU. Depth: per-image metric sums -> RMSE, AbsRel,
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -184,6 +188,49 @@ def _write_panels(image_dir: Path, dataset: DataSource, model: IEDP, pred: jax.A
             visualize.write_depth_panel(path, ex["image"], local[r, :h, :w], np.where(ex["mask"], ex["depth"], 0.0))
 
 
+@dataclasses.dataclass
+class ProtocolBatch:
+    """One batch of a protocol run (see :func:`protocol_batches`)."""
+
+    group: ShapeGroup
+    indices: list[int]                 # the image of each row of the global batch; -1 = a padding row
+    local: list[int]                   # this process's rows of ``indices``
+    examples: list[dict | None]        # their full-resolution examples (None for padding)
+    pred: jax.Array                    # [B, Hl, Wl] batch-sharded: class ids (uint8/int32) or metres
+    acc: PyTree                        # the metrics accumulator after this batch
+
+
+def protocol_batches(model: IEDP, params: PyTree, frozen: PyTree, source: DataSource, n: int, mesh,
+                     cfg: ConfigDict, steps: ProtocolSteps | None = None, desc: str = "eval"
+                     ) -> Iterator[ProtocolBatch]:
+    """Runs the protocol of ``cfg.eval`` over images ``0..n-1`` of ``source`` (``val_size``,
+    ``val_image``: a labelled split, or images with placeholder labels), batched over all devices,
+    and yields each batch with its predictions at the images' own size (the top-left
+    ``group.sizes[i]`` of a row). Groups are landscape / portrait images, each one compiled shape;
+    ``steps`` (from :func:`make_protocol_steps`) can be kept to reuse compilations across runs.
+    Each batch's ``acc`` is donated to the next step: only the last one is valid afterwards."""
+    c = model.config
+    protocol = protocol_from_config(cfg, c.task)
+    batch_size = sharding.batch_per_step(cfg.eval.batch_size, mesh, "eval.batch_size")
+    rows = sharding.process_rows(batch_size)
+    groups = plan_groups([source.val_size(i) for i in range(n)], protocol)
+    steps = steps or make_protocol_steps(model, protocol, mesh, float(cfg.data.min_depth))
+    acc = jax.device_put(zero_metrics(c.num_classes if c.task == SEG else None), sharding.replicated(mesh))
+    total = sum(-(-len(g.indices) // batch_size) for g in groups)
+    threads = max(1, config_threads(cfg.data.num_workers))
+    with ThreadPoolExecutor(threads, thread_name_prefix="iedp-eval") as pool, \
+            _progress(total, f"{desc} ({protocol.mode})") as bar:
+        for group in groups:
+            for chunk in batch_indices(group, batch_size):
+                local = chunk[rows]
+                made = list(pool.map(lambda i, g=group: build_row(source, g, protocol, i, c.ignore_index), local))
+                host = {k: np.stack([row[k] for row, _ in made]) for k in made[0][0]}
+                acc, pred = _score_batch(steps, model, protocol, acc, params, frozen,
+                                         sharding.global_batch(mesh, host), group, batch_size)
+                bar.update(1)
+                yield ProtocolBatch(group, chunk, local, [ex for _, ex in made], pred, acc)
+
+
 def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset: DataSource, mesh, cfg: ConfigDict,
                  out_dir: str | os.PathLike | None = None) -> dict:
     """Scores ``params`` with the protocol of ``cfg.eval`` over the first ``eval.num_images``
@@ -195,33 +242,35 @@ def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset: DataSourc
     n = dataset.num_val if int(cfg.eval.num_images) <= 0 else min(dataset.num_val, int(cfg.eval.num_images))
     if n == 0:
         raise DatasetError("the validation split is empty: nothing to evaluate.")
-    batch_size = sharding.batch_per_step(cfg.eval.batch_size, mesh, "eval.batch_size")
-    rows = sharding.process_rows(batch_size)
-    groups = plan_groups([dataset.val_size(i) for i in range(n)], protocol)
-    steps = make_protocol_steps(model, protocol, mesh, float(cfg.data.min_depth))
     num_vis = int(cfg.eval.num_visualizations)
     image_dir = Path(out_dir) / "images" if out_dir is not None else None
-    acc = jax.device_put(zero_metrics(c.num_classes if c.task == SEG else None), sharding.replicated(mesh))
-    total = sum(-(-len(g.indices) // batch_size) for g in groups)
-    threads = max(1, config_threads(cfg.data.num_workers))
-    with ThreadPoolExecutor(threads, thread_name_prefix="iedp-eval") as pool, \
-            _progress(total, f"eval ({protocol.mode})") as bar:
-        for group in groups:
-            for chunk in batch_indices(group, batch_size):
-                local = chunk[rows]
-                made = list(pool.map(lambda i, g=group: build_row(dataset, g, protocol, i, c.ignore_index), local))
-                host = {k: np.stack([row[k] for row, _ in made]) for k in made[0][0]}
-                acc, pred = _score_batch(steps, model, protocol, acc, params, frozen,
-                                         sharding.global_batch(mesh, host), group, batch_size)
-                wanted = [(r, i) for r, i in enumerate(local) if 0 <= i < num_vis]
-                if wanted and image_dir is not None:
-                    _write_panels(image_dir, dataset, model, pred, wanted, [ex for _, ex in made], group)
-                bar.update(1)
+    acc = None
+    for batch in protocol_batches(model, params, frozen, dataset, n, mesh, cfg):
+        acc = batch.acc
+        wanted = [(r, i) for r, i in enumerate(batch.local) if 0 <= i < num_vis]
+        if wanted and image_dir is not None:
+            _write_panels(image_dir, dataset, model, batch.pred, wanted, batch.examples, batch.group)
     return {**finalize(acc, c.task, dataset.class_names), "mode": protocol.mode, "protocol": protocol.describe(),
             "num_images": n}
 
 
 # ------------------------------------------------------------------------------ from a workdir
+
+
+def restore_model(config: ConfigDict, dataset, workdir: str | os.PathLike, directory: str | os.PathLike,
+                  step: int, mesh) -> tuple[IEDP, PyTree, PyTree, int]:
+    """``(model, params, frozen, trained steps)``: the model built for ``dataset`` (a data source or
+    a :class:`~iedp_jax.run_files.DatasetInfo`: task and names only) with the trained parameters
+    of checkpoint ``directory/step``, both on ``mesh``."""
+    model, unet_params, frozen = build_model(config, dataset, Path(workdir))
+    abstract = abstract_params(model, unet_params, frozen, tuple(config.data.crop_size), config.seed)
+    del unet_params  # the checkpoint's UNet replaces the pretrained one
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract,
+                            sharding.tree_shardings(mesh, abstract))
+    frozen = sharding.put(frozen, sharding.tree_shardings(mesh, frozen))
+    log_line(f"restoring step {step} from {directory}")
+    params, trained_steps = restore_params(directory, step, abstract)
+    return model, params, frozen, trained_steps
 
 
 def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
@@ -246,14 +295,7 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
     protocol_from_config(config, task_of(config.data.name))  # a bad eval section fails before any load
     mesh = mesh or sharding.make_mesh(tuple(config.mesh.shape))
     dataset = make_dataset(config.data, seed=config.seed)
-    model, unet_params, frozen = build_model(config, dataset, workdir)
-    abstract = abstract_params(model, unet_params, frozen, tuple(config.data.crop_size), config.seed)
-    del unet_params  # the checkpoint's UNet replaces the pretrained one
-    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract,
-                            sharding.tree_shardings(mesh, abstract))
-    frozen = sharding.put(frozen, sharding.tree_shardings(mesh, frozen))
-    log_line(f"restoring step {step} from {directory}")
-    params, trained_steps = restore_params(directory, step, abstract)
+    model, params, frozen, trained_steps = restore_model(config, dataset, workdir, directory, step, mesh)
     out_dir = workdir / "eval"
     results = run_protocol(model, params, frozen, dataset, mesh, config, out_dir=out_dir)
     results = {"step": trained_steps, "checkpoint": str(directory / str(step)), **results}

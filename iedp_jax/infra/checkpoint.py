@@ -80,6 +80,33 @@ class Checkpointer:
         self.manager.close()
 
 
+class BestCheckpointer:
+    """Keeps the one checkpoint whose validation ``metric`` is best (orbax's ``best_fn``), in the
+    same layout as :class:`Checkpointer` (item ``state`` = ``{"step", "params"}``), so
+    :func:`restore_params` and ``--checkpoint DIR/STEP`` read it. Its metrics are saved with it, so
+    a resumed run keeps comparing against the best so far."""
+
+    def __init__(self, directory: str | os.PathLike, metric: str, mode: str) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+        self.directory, self.metric = Path(directory).absolute(), metric
+        self.manager = _manager(self.directory, ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda m: m[metric], best_mode=mode, create=True, cleanup_tmp_directories=True))
+
+    def save(self, step: int, state: PyTree, metrics: dict[str, float]) -> None:
+        """Offers the params of ``step`` with its validation ``metrics``; orbax keeps the best."""
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave({"step": state["step"], "params": state["params"]})),
+            metrics={self.metric: float(metrics[self.metric])}, force=True)
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
 def abstract_like(tree: PyTree) -> PyTree:
     """``ShapeDtypeStruct``s with shardings, the restore target for ``tree``."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

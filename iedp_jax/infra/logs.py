@@ -11,13 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
 
 
 def log_line(msg: str) -> None:
     """One line of progress on stderr, from process 0 only."""
     if jax.process_index() == 0:
         print(f"[iedp] {msg}", file=sys.stderr, flush=True)
+
+
+def progress(total: int, desc: str, unit: str, initial: int = 0) -> tqdm:
+    """A progress bar on a terminal (process 0 only); disabled in batch logs, where it would only
+    write carriage returns (the trainer prints plain lines there instead)."""
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
+                disable=jax.process_index() != 0 or not sys.stderr.isatty())
 
 
 def write_results(results: Mapping[str, Any], paths: Sequence[str | os.PathLike], headline: Sequence[str],
@@ -55,6 +64,19 @@ class MetricWriter:
         self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
         self._jsonl.flush()
         self._tb.flush()
+
+    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+        """Text in TensorBoard's text tab (e.g. the run's config)."""
+        if self.enabled:
+            self._tb.add_text(tag, text, step)
+            self._tb.flush()
+
+    def write_images(self, step: int, tag: str, images: Sequence[np.ndarray]) -> None:
+        """uint8 [H, W, 3] images in TensorBoard's image tab, as ``tag/0``, ``tag/1``, ..."""
+        if self.enabled:
+            for i, image in enumerate(images):
+                self._tb.add_image(f"{tag}/{i}", np.asarray(image), step, dataformats="HWC")
+            self._tb.flush()
 
     def close(self) -> None:
         if self.enabled:

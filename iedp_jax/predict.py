@@ -1,0 +1,227 @@
+"""Predict with a trained IEDP checkpoint on your own images:
+``python -m iedp_jax.predict --workdir DIR --image PATH --out OUT [--checkpoint C] [--config.eval.mode=multiscale]``.
+
+``PATH`` is an image file or a folder of them (jpg, jpeg, png, bmp, webp; sorted by name, not
+recursive). The model, its classes and the protocol come from the run (``DIR/config.json``,
+``DIR/run.json``, the latest checkpoint or ``--checkpoint``): no dataset is read
+(:func:`iedp_jax.load_trained`). Per image ``<stem>``:
+
+- segmentation: ``OUT/<stem>.png``, the class ids at the image's size as a palette PNG (mode P,
+  the colours of :func:`iedp_jax.infra.visualize.palette`; 16-bit grey beyond 256 classes), and
+  ``OUT/<stem>_overlay.png``, the image with the class colours blended over it above a legend of
+  the classes present;
+- depth: ``OUT/<stem>.png``, uint16 millimetres at the image's size, and ``OUT/<stem>_preview.png``
+  (viridis, near = dark).
+
+An image of a folder that cannot be decoded is skipped with one line; the exit status is 1 when
+nothing was written. An entry point only: nothing imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import ConfigDict
+from PIL import Image, ImageDraw, ImageFont
+
+from iedp_jax.infra import visualize
+from iedp_jax.infra.cli import run
+from iedp_jax.infra.errors import InputError
+from iedp_jax.infra.images import load_rgb
+from iedp_jax.infra.logs import log_line
+from iedp_jax.infra.threads import default_threads
+from iedp_jax.model import SEG
+from iedp_jax.run_files import read_config
+from iedp_jax.sd.weights import WeightsError
+from iedp_jax.trained import ImageSource, TrainedModel, load_trained
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ALPHA = 0.5                      # opacity of the class colours in the overlay
+_SWATCH, _GAP, _PAD, _SPACING = 12, 4, 6, 14  # legend geometry (pixels)
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def list_images(path: Path) -> list[Path]:
+    """``path`` itself, or the images of the folder ``path`` sorted by name; a clear error if
+    there is nothing to predict."""
+    if not path.exists():
+        raise InputError(f"--image {path} does not exist: pass an image file or a folder of images.")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise InputError(f"the folder {path} holds no image ({', '.join(EXTENSIONS)}): pass an image file or a "
+                         "folder of images.")
+    return files
+
+
+def _reason(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[tuple[int, int]], list[tuple[Path, str]]]:
+    """``(files that decode, their (H, W), [(file, why not)] for the others)``."""
+    def check(path: Path) -> tuple[int, int] | str:
+        try:
+            return load_rgb(path).shape[:2]
+        except Exception as e:  # any decoding failure of a user file skips it
+            return _reason(e)
+
+    with ThreadPoolExecutor(max(1, min(default_threads(), 8))) as pool:
+        results = list(pool.map(check, files))
+    good, sizes, bad = [], [], []
+    for path, res in zip(files, results):
+        if isinstance(res, str):
+            bad.append((path, res))
+        else:
+            good.append(path)
+            sizes.append(res)
+    return good, sizes, bad
+
+
+def output_stems(files: Sequence[Path]) -> list[str]:
+    """The output name of each file: its stem, or ``stem_ext`` when two files share a stem."""
+    count: dict[str, int] = {}
+    for p in files:
+        count[p.stem] = count.get(p.stem, 0) + 1
+    return [p.stem if count[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files]
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def legend(names: Sequence[str], colours: np.ndarray, width: int) -> np.ndarray:
+    """A white strip ``[h, max(width, widest entry), 3]`` uint8 with one colour swatch and name per
+    class, wrapped into rows."""
+    font = ImageFont.load_default()
+    boxes = [font.getbbox(n) for n in names]
+    entry_w = [_SWATCH + _GAP + (b[2] - b[0]) for b in boxes]
+    width = max(int(width), max(entry_w, default=0) + 2 * _PAD)
+    row_h = max([_SWATCH] + [b[3] - b[1] for b in boxes]) + _PAD
+    rows: list[list[int]] = [[]]
+    x = _PAD
+    for i, w in enumerate(entry_w):
+        if rows[-1] and x + w > width - _PAD:
+            rows.append([])
+            x = _PAD
+        rows[-1].append(i)
+        x += w + _SPACING
+    strip = Image.new("RGB", (width, 2 * _PAD + len(rows) * row_h), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    y = _PAD
+    for row in rows:
+        x = _PAD
+        for i in row:
+            draw.rectangle((x, y, x + _SWATCH - 1, y + _SWATCH - 1), fill=tuple(int(c) for c in colours[i]),
+                           outline=(0, 0, 0))
+            left, top, _, bottom = boxes[i]
+            draw.text((x + _SWATCH + _GAP - left, y + (_SWATCH - (bottom - top)) // 2 - top), names[i],
+                      fill=(0, 0, 0), font=font)
+            x += entry_w[i] + _SPACING
+        y += row_h
+    return np.asarray(strip)
+
+
+def overlay_with_legend(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """``image [H, W, 3]`` with the colours of ``labels [H, W]`` blended at :data:`ALPHA`, above
+    a legend of the classes present (white fills the right side when the legend is wider)."""
+    colours = visualize.palette(max(len(class_names), 1))
+    top = visualize.overlay_labels(image, labels, colours, ALPHA, ignore_index=-1)
+    present = [int(k) for k in np.unique(labels) if 0 <= k < len(class_names)]
+    strip = legend([class_names[k] for k in present], colours[present], image.shape[1])
+    h, w = top.shape[:2]
+    out = np.full((h + strip.shape[0], strip.shape[1], 3), 255, np.uint8)
+    out[:h, :w] = top
+    out[h:] = strip
+    return out
+
+
+def save_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    """Class ids as a palette PNG (mode P, :func:`visualize.palette`), or 16-bit grey beyond 256."""
+    if num_classes > 256:
+        Image.fromarray(labels.astype(np.uint16)).save(path, format="PNG")
+        return
+    im = Image.fromarray(labels.astype(np.uint8), mode="L")
+    im.putpalette(visualize.palette(max(num_classes, 1)).reshape(-1).tolist())  # L -> P
+    im.save(path, format="PNG")
+
+
+def save_depth(path: Path, depth: np.ndarray) -> None:
+    """Depth in metres as a uint16 PNG in millimetres (0 = none, 65535 = 65.5 m or more)."""
+    mm = np.clip(np.rint(np.asarray(depth, np.float64) * 1000.0), 0, 65535).astype(np.uint16)
+    Image.fromarray(mm).save(path, format="PNG")
+
+
+def write_prediction(trained: TrainedModel, out: Path, stem: str, image: np.ndarray, pred: np.ndarray
+                     ) -> list[Path]:
+    """The two PNGs of one image (see the module docstring); returns their paths."""
+    main = out / f"{stem}.png"
+    if trained.task == SEG:
+        save_labels(main, pred, len(trained.class_names))
+        extra = visualize.save_png(out / f"{stem}_overlay.png", overlay_with_legend(image, pred, trained.class_names))
+    else:
+        save_depth(main, pred)
+        extra = visualize.save_png(out / f"{stem}_preview.png", visualize.colorize_depth(pred))
+    return [main, extra]
+
+
+def predict_files(trained: TrainedModel, files: Sequence[Path], sizes: Sequence[tuple[int, int]], out: Path
+                  ) -> int:
+    """Predicts every file (checked readable, of size ``sizes``) and writes its PNGs into
+    ``out`` (process 0); returns how many images were written."""
+    writer = jax.process_index() == 0
+    decoded: dict[int, np.ndarray] = {}  # this process's images of the current batch, for the overlays
+
+    def load(i: int) -> np.ndarray:
+        image = load_rgb(files[i])
+        if writer:
+            decoded[i] = image
+        return image
+
+    stems = output_stems(files)
+    source = ImageSource(trained.task, sizes, load, [str(f) for f in files], trained.model.config.ignore_index)
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for i, pred in trained.iter_predict(source):
+        if writer:
+            image = decoded.pop(i, None)
+            write_prediction(trained, out, stems[i], image if image is not None else load_rgb(files[i]), pred)
+        written += 1
+    return written
+
+
+def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
+    path, out = Path(flag_values["image"]).expanduser(), Path(flag_values["out"]).expanduser()
+    good, sizes, bad = readable_images(list_images(path))
+    if path.is_file() and bad:
+        raise InputError(f"the image {path} cannot be read ({bad[0][1]}).")
+    for file, why in bad:
+        log_line(f"skipped {file}: {why}")
+    if not good:
+        raise InputError(f"none of the {len(bad)} images in {path} can be read: nothing was written.")
+    trained = load_trained(workdir, flag_values.get("checkpoint") or None, config=config)
+    written = predict_files(trained, good, sizes, out)
+    log_line(f"wrote the predictions of {written} image{'s' * (written != 1)} "
+             f"(step {trained.step}, {trained.protocol.mode}) to {out}")
+
+
+def _define_flags() -> None:
+    flags.DEFINE_string("image", None, "An image file or a folder of images (jpg, jpeg, png, bmp, webp).")
+    flags.DEFINE_string("out", None, "The folder to write the predictions into (created if missing).")
+    flags.DEFINE_string("checkpoint", None, "A checkpoint step folder (WORKDIR/checkpoints/STEP) or a folder of "
+                        "them; default: the latest step in WORKDIR/checkpoints.")
+    flags.mark_flag_as_required("image")
+    flags.mark_flag_as_required("out")
+
+
+if __name__ == "__main__":
+    run(main, _define_flags, user_errors=(WeightsError,), config_from_workdir=read_config)
