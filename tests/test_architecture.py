@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +21,8 @@ from tests.helpers import ROOT
 
 PACKAGES = ("iedp_jax", "diffseg_jax")
 ALLOWED = {"sd": {"sd"}, "infra": {"infra"}, "iedp": {"sd", "infra", "iedp"}, "diffseg": {"sd", "infra", "diffseg"}}
-ENTRY_POINTS = {"iedp_jax.train", "iedp_jax.evaluate", "diffseg_jax.evaluate", "diffseg_jax.segment",
-                "diffseg_jax.captions"}
+ENTRY_POINTS = {"iedp_jax.train", "iedp_jax.evaluate", "iedp_jax.predict", "iedp_jax.export", "diffseg_jax.evaluate",
+                "diffseg_jax.segment", "diffseg_jax.captions"}
 # Optional heavy dependencies that may be imported inside a function (with a comment).
 LAZY_OK = {"torch", "tensorflow", "tensorflow_datasets", "transformers", "diffusers"}
 
@@ -116,6 +118,22 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_library_keeps_its_layers():
     assert violations(ROOT) == []
+
+
+def test_importing_a_layer_loads_nothing_above_it():
+    """At run time too: the backbone and the runtime load no method, DiffSegmenter loads no IEDP."""
+    code = ("import sys, {mod}; bad = sorted(m for m in sys.modules if m.startswith({above})); "
+            "assert not bad, bad")
+    checks = {"iedp_jax.sd.unet": ("iedp_jax.infra", "iedp_jax.model", "iedp_jax.data", "diffseg_jax"),
+              "iedp_jax.infra.cli": ("iedp_jax.sd", "iedp_jax.model", "iedp_jax.data", "diffseg_jax"),
+              "diffseg_jax.evaluate": ("iedp_jax.model", "iedp_jax.data", "iedp_jax.eval", "iedp_jax.trained")}
+    for mod, above in checks.items():
+        res = subprocess.run([sys.executable, "-c", code.format(mod=mod, above=above)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, (mod, res.stderr[-2000:])
+    import iedp_jax
+
+    assert callable(iedp_jax.load_trained)  # the package's public API, resolved on use
 
 
 def _fake_library(root: Path, files: dict[str, str]) -> Path:

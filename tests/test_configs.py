@@ -2,8 +2,9 @@
 
 ``configs/ade.py`` and ``configs/nyu.py`` as shipped, plus only what a user must give (the paths
 of a Stable Diffusion folder, a CLIP folder and the dataset in its release layout) and sizes
-that make the run small, through the default ``data.format=tfds``: ``python -m iedp_jax.train``
-then ``python -m iedp_jax.evaluate`` in subprocesses, checking the written ``results.json``.
+that make the run small, through the default ``data.format=tfds``: ``python -m iedp_jax.train``,
+then ``python -m iedp_jax.evaluate --workdir W`` alone (the run's saved config), in subprocesses,
+checking the written ``results.json``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ SMALL = {"data.crop_size": "(64,64)", "train.total_steps": 2, "train.batch_size"
          "eval.crop": "(64,64)", "eval.stride": "(32,32)", "eval.num_visualizations": 1}
 
 
-def _run(module: str, config: str, workdir: Path, overrides: dict) -> None:
-    cmd = [sys.executable, "-m", module, "--config", f"configs/{config}.py", "--workdir", str(workdir),
-           *(f"--config.{k}={v}" for k, v in overrides.items())]
+def _run(module: str, config: str | None, workdir: Path, overrides: dict) -> None:
+    """``python -m module [--config configs/<config>.py] --workdir W --config.k=v ...``."""
+    cmd = [sys.executable, "-m", module, *(["--config", f"configs/{config}.py"] if config else []),
+           "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items())]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
@@ -56,7 +58,7 @@ def test_ade_config_trains_and_evaluates_through_tfds(backbone, tmp_path):
     assert len(trained["IoU"]) == 150 and trained["num_images"] == 3 and trained["step"] == 2
     assert list((tmp_path / "tensorflow_datasets" / "iedp_ade20k").glob("*/*.array_record-*"))
 
-    _run("iedp_jax.evaluate", "ade", tmp_path / "run", overrides)
+    _run("iedp_jax.evaluate", None, tmp_path / "run", {})  # the run's own config.json: no --config
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert results["step"] == 2 and results["mode"] == "single" and results["num_images"] == 3
     assert results["protocol"] == {"crop": [64, 64], "stride": [32, 32], "flip": False, "img_scale": [256, 64],
@@ -76,7 +78,7 @@ def test_nyu_config_trains_and_evaluates_through_tfds(backbone, tmp_path):
     trained = json.loads((tmp_path / "run" / "results.json").read_text())
     assert trained["num_images"] == 3 and trained["rmse"] > 0.0
 
-    _run("iedp_jax.evaluate", "nyu", tmp_path / "run", overrides)
+    _run("iedp_jax.evaluate", None, tmp_path / "run", {})
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert results["step"] == 2 and results["num_images"] == 3
     assert results["protocol"] == {"crop": [H, H], "stride": [W - H, W - H], "flip": True}

@@ -1,7 +1,5 @@
 """Scoring IEDP: batched, sharded over all devices, metrics accumulated on device.
 
-- :func:`quick_eval`: the trainer's end-of-training check on the source's fixed-size validation
-  batches (a centred crop at the training crop size; cheap, one compiled shape).
 - :func:`run_protocol`: the published protocols on full-resolution validation images
   (:mod:`iedp_jax.eval.windows`): mmseg's sliding window (``eval.mode=single``) or multi-scale +
   flip (``multiscale``) for segmentation, scored at the original label size; VPD's two windows +
@@ -31,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
-from tqdm.auto import tqdm
 
 from iedp_jax.build import abstract_params, build_model
 from iedp_jax.data.catalog import make_dataset, task_of
@@ -42,11 +39,10 @@ from iedp_jax.infra import sharding, visualize
 from iedp_jax.infra.checkpoint import resolve_checkpoint, restore_params
 from iedp_jax.infra.compile import Synchronized
 from iedp_jax.infra.errors import DatasetError
-from iedp_jax.infra.logs import log_line, write_results
+from iedp_jax.infra.logs import log_line, progress, write_results
 from iedp_jax.infra.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
 from iedp_jax.infra.threads import config_threads
 from iedp_jax.model import IEDP, SEG
-from iedp_jax.sd.layers import resize_bilinear
 
 PyTree = Any
 
@@ -67,39 +63,6 @@ def finalize(acc: PyTree, task: str, class_names: tuple[str, ...]) -> dict:
     if task == SEG:
         return segmentation_metrics(np.asarray(acc, np.int64), class_names)
     return depth_metrics(acc)
-
-
-def _progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, disable=jax.process_index() != 0)
-
-
-# ------------------------------------------------------------------------------ quick check
-
-
-def quick_eval(model: IEDP, params: PyTree, frozen: PyTree, dataset: DataSource, mesh, batch_size: int,
-               min_depth: float) -> dict:
-    """The implicit branch (no labels) over the centred-crop validation batches; the metrics plus
-    ``num_images`` and ``protocol='center_crop'``."""
-    c = model.config
-    seg = c.task == SEG
-    repl = sharding.replicated(mesh)
-
-    def step(acc, params, frozen, batch):
-        pred = model.predict(params, frozen, batch["image"])
-        if seg:
-            label = batch["label"]
-            logits = resize_bilinear(pred.astype(jnp.float32), label.shape[1:3])
-            return acc + confusion_matrix(jnp.argmax(logits, -1), label, c.num_classes, c.ignore_index)
-        sums = depth_metric_sums(pred.astype(jnp.float32), batch["depth"], min_depth, c.max_depth)
-        return jax.tree.map(jnp.add, acc, sums)
-
-    acc = jax.device_put(zero_metrics(c.num_classes if seg else None), repl)
-    step_fn = Synchronized(jax.jit(step, out_shardings=repl, donate_argnums=(0,)), "eval step")
-    with _progress(-(-dataset.num_val // batch_size), "eval") as bar:
-        for batch in dataset.val_batches(batch_size, sharding.process_rows(batch_size)):
-            acc = step_fn(acc, params, frozen, sharding.global_batch(mesh, batch))
-            bar.update(1)
-    return {**finalize(acc, c.task, dataset.class_names), "num_images": dataset.num_val, "protocol": "center_crop"}
 
 
 # ------------------------------------------------------------------------------ the protocols
@@ -219,7 +182,7 @@ def protocol_batches(model: IEDP, params: PyTree, frozen: PyTree, source: DataSo
     total = sum(-(-len(g.indices) // batch_size) for g in groups)
     threads = max(1, config_threads(cfg.data.num_workers))
     with ThreadPoolExecutor(threads, thread_name_prefix="iedp-eval") as pool, \
-            _progress(total, f"{desc} ({protocol.mode})") as bar:
+            progress(total, f"{desc} ({protocol.mode})", "batch") as bar:
         for group in groups:
             for chunk in batch_indices(group, batch_size):
                 local = chunk[rows]
