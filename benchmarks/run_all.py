@@ -202,6 +202,7 @@ def build_specs(preset: str, args: argparse.Namespace) -> list[Spec]:
             Spec("unet", [[*bench("unet"), "--config", "tiny", "--batch", "4", "--size", "256",
                            "--iters", "5"]], "tiny UNet, batch 4, 256 px, float32", parse_unet),
             Spec("train_step", [[*bench("train_step"), "--config", "configs/smoke_seg.py",
+                                 "--config.data.crop_size=(64,64)", "--config.train.batch_size=16",
                                  "--steps", "10"]],
                  "configs/smoke_seg.py: tiny backbone, crop 64, batch 16, float32", parse_train_step,
                  notes=["train_step's PyTorch column is tests/reference/torch_iedp.py in the same process: "

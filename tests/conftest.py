@@ -26,8 +26,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # keeps this order). Measured on 2 cores in parallel: test_multiprocess ~7 min, test_train ~7 min,
 # seg_learns ~4 min, depth_learns ~3 min, ade_config / nyu_config ~2-3 min each (train + evaluate
 # commands), fsdp ~2 min, test_torch_train_step ~1.5 min.
-LONG_FIRST = ("test_multiprocess", "seg_learns", "test_train", "depth_learns", "ade_config", "nyu_config", "fsdp",
-              "diffseg_configs", "test_torch_train_step")
+LONG_FIRST = ("test_multiprocess", "seg_learns", "test_train", "depth_learns", "trainer_features", "ade_config",
+              "nyu_config", "predict", "fsdp", "diffseg_configs", "test_torch_train_step")
 
 
 def _group(item: pytest.Item) -> str:

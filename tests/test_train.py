@@ -23,17 +23,15 @@ from tests.helpers import ROOT, load_config, params_of, quick_compile, small, tr
 
 @pytest.mark.xdist_group("seg_learns")
 def test_smoke_seg_learns(tmp_path):
-    """The README's first command learns: 250 of its 1200 steps (the schedule shortened to match)
-    lift the validation mIoU from about 0.16 (untrained) to 0.71 (measured; 400 steps reach 0.80,
-    the full run 0.91). ``IEDP_FULL_SMOKE=1`` runs the README's whole command and checks its
-    mIoU >= 0.9 instead."""
-    full = os.environ.get("IEDP_FULL_SMOKE") == "1"
-    cfg = load_config("smoke_seg") if full else load_config(
-        "smoke_seg", **{"train.total_steps": 250, "train.ckpt_every": 125})
+    """The README's first command, whole: configs/smoke_seg.py as shipped trains both branches
+    from the tiny backbone written in the real folder layout and reaches mIoU >= 0.9 on the
+    synthetic validation split (centre-crop proxy; measured numbers in benchmarks/RESULTS.md)."""
+    cfg = load_config("smoke_seg")
     results = train(cfg, tmp_path)
-    assert results["mIoU"] >= (0.9 if full else 0.6), results
+    assert results["mIoU"] >= 0.9, results
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["mIoU"] == results["mIoU"] and len(saved["IoU"]) == cfg.data.num_classes
+    assert saved["protocol"] == "center-crop proxy"
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if "loss" in x]
     assert {"step", "loss", "lr", "images_per_s", "loss_implicit", "loss_explicit"} <= set(train_lines[0])
