@@ -72,9 +72,10 @@ def load_config(name: str, **overrides):
 
 
 def small(name: str = "smoke_seg", **overrides):
-    """A few steps of the smoke config, for tests that check mechanics rather than learning."""
+    """A few steps of the smoke config at a 64 px crop, for tests that check mechanics rather than
+    learning."""
     base = {"train.total_steps": 6, "train.ckpt_every": 2, "train.log_every": 2, "train.batch_size": 4,
-            "train.eval_batch_size": 8, "data.val_size": 8}
+            "train.eval_batch_size": 8, "data.val_size": 8, "data.crop_size": (64, 64)}
     return load_config(name, **{**base, **overrides})
 
 
