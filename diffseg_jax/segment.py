@@ -27,20 +27,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from diffseg_jax.config import DTYPES, TEMPLATES, DiffSegConfig
 from diffseg_jax.pipeline import load_diffsegmenter
 from diffseg_jax.prompts import pad_class_prompts
 from iedp_jax.infra.errors import ConfigError, InputError, UserError
-from iedp_jax.infra.visualize import overlay_labels
+from iedp_jax.infra.visualize import above, legend, overlay_labels
 from iedp_jax.sd.weights import WeightsError
 
 __all__ = ["class_colours", "legend_strip", "main", "overlay_path", "overlay_with_legend", "parse_classes",
            "read_image", "voc_palette"]
 
 MAX_CLASSES = 254  # label values 1..254 fit an 8-bit PNG next to background 0 (255 stays free)
-_PAD, _SWATCH, _GAP, _SPACING = 4, 12, 4, 12
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -103,52 +102,10 @@ def overlay_path(out: str | os.PathLike) -> Path:
     return out.with_name(f"{out.stem}_overlay.png")
 
 
-def _font():
-    return ImageFont.load_default()
-
-
-def _text_size(font, text: str) -> tuple[int, int]:
-    left, top, right, bottom = font.getbbox(text)
-    return right - left, bottom - top
-
-
 def legend_strip(names: Sequence[str], colours: np.ndarray, width: int) -> np.ndarray:
-    """The legend under the overlay: ``[h, w, 3]`` uint8, white, with "background" (an empty
-    swatch) and then a filled swatch of ``colours[k]`` plus ``names[k - 1]`` for every class,
-    wrapped into rows; ``w = max(width, widest entry + margins)``."""
-    font = _font()
-    entries = [("background", None)] + [(n, colours[k + 1]) for k, n in enumerate(names)]
-    sizes = [_text_size(font, n) for n, _ in entries]
-    entry_w = [_SWATCH + _GAP + w for w, _ in sizes]
-    width = max(int(width), max(entry_w) + 2 * _PAD)
-    row_h = max(_SWATCH, max(h for _, h in sizes)) + _PAD
-    rows: list[list[int]] = [[]]
-    x = _PAD
-    for i, w in enumerate(entry_w):
-        if rows[-1] and x + w > width - _PAD:
-            rows.append([])
-            x = _PAD
-        rows[-1].append(i)
-        x += w + _SPACING
-    height = _PAD + len(rows) * row_h + _PAD
-    strip = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(strip)
-    y = _PAD
-    for row in rows:
-        x = _PAD
-        for i in row:
-            name, colour = entries[i]
-            box = (x, y, x + _SWATCH - 1, y + _SWATCH - 1)
-            if colour is None:
-                draw.rectangle(box, fill=(255, 255, 255), outline=(0, 0, 0))
-            else:
-                draw.rectangle(box, fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
-            left, top, _, _ = font.getbbox(name)
-            text_y = y + (_SWATCH - sizes[i][1]) // 2 - top
-            draw.text((x + _SWATCH + _GAP - left, text_y), name, fill=(0, 0, 0), font=font)
-            x += entry_w[i] + _SPACING
-        y += row_h
-    return np.asarray(strip)
+    """The legend under the overlay (:func:`iedp_jax.infra.visualize.legend`): "background" with
+    an empty swatch, then ``names[k - 1]`` with ``colours[k]`` for every class."""
+    return legend([("background", None)] + [(n, colours[k + 1]) for k, n in enumerate(names)], width)
 
 
 def overlay_with_legend(image: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float = 0.5
@@ -159,12 +116,7 @@ def overlay_with_legend(image: np.ndarray, labels: np.ndarray, names: Sequence[s
     labels = np.asarray(labels)
     shown = np.where(labels == 0, 255, labels)  # 255 = left as the image
     top = overlay_labels(image, shown, colours, alpha=alpha, ignore_index=255)
-    strip = legend_strip(names, colours, image.shape[1])
-    h, w = top.shape[:2]
-    out = np.full((h + strip.shape[0], strip.shape[1], 3), 255, np.uint8)
-    out[:h, :w] = top
-    out[h:] = strip
-    return out
+    return above(top, legend_strip(names, colours, image.shape[1]))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import flags
 from ml_collections import ConfigDict
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from iedp_jax.infra import visualize
 from iedp_jax.infra.cli import run
@@ -42,7 +42,6 @@ from iedp_jax.trained import ImageSource, TrainedModel, load_trained
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ALPHA = 0.5                      # opacity of the class colours in the overlay
-_SWATCH, _GAP, _PAD, _SPACING = 12, 4, 6, 14  # legend geometry (pixels)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -98,50 +97,13 @@ def output_stems(files: Sequence[Path]) -> list[str]:
 # ------------------------------------------------------------------------------ outputs
 
 
-def legend(names: Sequence[str], colours: np.ndarray, width: int) -> np.ndarray:
-    """A white strip ``[h, max(width, widest entry), 3]`` uint8 with one colour swatch and name per
-    class, wrapped into rows."""
-    font = ImageFont.load_default()
-    boxes = [font.getbbox(n) for n in names]
-    entry_w = [_SWATCH + _GAP + (b[2] - b[0]) for b in boxes]
-    width = max(int(width), max(entry_w, default=0) + 2 * _PAD)
-    row_h = max([_SWATCH] + [b[3] - b[1] for b in boxes]) + _PAD
-    rows: list[list[int]] = [[]]
-    x = _PAD
-    for i, w in enumerate(entry_w):
-        if rows[-1] and x + w > width - _PAD:
-            rows.append([])
-            x = _PAD
-        rows[-1].append(i)
-        x += w + _SPACING
-    strip = Image.new("RGB", (width, 2 * _PAD + len(rows) * row_h), (255, 255, 255))
-    draw = ImageDraw.Draw(strip)
-    y = _PAD
-    for row in rows:
-        x = _PAD
-        for i in row:
-            draw.rectangle((x, y, x + _SWATCH - 1, y + _SWATCH - 1), fill=tuple(int(c) for c in colours[i]),
-                           outline=(0, 0, 0))
-            left, top, _, bottom = boxes[i]
-            draw.text((x + _SWATCH + _GAP - left, y + (_SWATCH - (bottom - top)) // 2 - top), names[i],
-                      fill=(0, 0, 0), font=font)
-            x += entry_w[i] + _SPACING
-        y += row_h
-    return np.asarray(strip)
-
-
 def overlay_with_legend(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     """``image [H, W, 3]`` with the colours of ``labels [H, W]`` blended at :data:`ALPHA`, above
     a legend of the classes present (white fills the right side when the legend is wider)."""
     colours = visualize.palette(max(len(class_names), 1))
     top = visualize.overlay_labels(image, labels, colours, ALPHA, ignore_index=-1)
     present = [int(k) for k in np.unique(labels) if 0 <= k < len(class_names)]
-    strip = legend([class_names[k] for k in present], colours[present], image.shape[1])
-    h, w = top.shape[:2]
-    out = np.full((h + strip.shape[0], strip.shape[1], 3), 255, np.uint8)
-    out[:h, :w] = top
-    out[h:] = strip
-    return out
+    return visualize.above(top, visualize.legend([(class_names[k], colours[k]) for k in present], image.shape[1]))
 
 
 def save_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:

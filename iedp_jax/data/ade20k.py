@@ -24,8 +24,7 @@ from iedp_jax.data.sources import Example, FileSource
 from iedp_jax.infra.errors import ConfigError, DatasetError
 from iedp_jax.infra.files import DiskPairs, PairFiles
 from iedp_jax.infra.images import load_label, load_rgb
-from iedp_jax.infra.tfds import FolderBuilder, RecordPairs, bytes_feature, prepare_once, require_tfds, tfds
-from iedp_jax.infra.threads import config_threads
+from iedp_jax.infra.tfds import FolderBuilder, RecordPairs, bytes_feature, tfds
 
 # mmseg ADE20KDataset.CLASSES (the SceneParsing 150), in label order 0..149 after
 # reduce_zero_label. mmseg spells class 7 'bed ' with a trailing space; we strip it.
@@ -164,13 +163,4 @@ class IedpAde20k(FolderBuilder):
         return [(img.stem, {"image": img, "annotation": ann, "file_name": img.name}) for img, ann in pairs.pairs]
 
 
-def open_source(cfg_data, seed: int) -> ADE20KSource:
-    """The source of ``data.name='ade20k'``: prepared records (``data.format='tfds'``, prepared
-    from ``data.data_dir`` into ``data.tfds_dir`` on first use) or the folder itself."""
-    common = {"crop_size": tuple(cfg_data.crop_size), "seed": seed,
-              "num_workers": config_threads(cfg_data.num_workers)}
-    if cfg_data.format == "tfds":
-        require_tfds()
-        return ADE20KSource.from_prepared(prepare_once(IedpAde20k, cfg_data.data_dir, cfg_data.tfds_dir or None),
-                                          **common)
-    return ADE20KSource(cfg_data.data_dir, **common)
+ADE20KSource.BUILDER = IedpAde20k

@@ -8,7 +8,7 @@ from iedp_jax.data import ade20k, nyu, synthetic
 from iedp_jax.data.sources import DataSource
 from iedp_jax.infra.errors import ConfigError
 
-_OPENERS = {"ade20k": ade20k.open_source, "nyu": nyu.open_source,
+_OPENERS = {"ade20k": ade20k.ADE20KSource.from_config, "nyu": nyu.NYUv2Source.from_config,
             "synthetic_seg": synthetic.open_source, "synthetic_depth": synthetic.open_source}
 _ON_DISK = {"ade20k": "ADE20K (the ADEChallengeData2016 folder)",
             "nyu": "NYUv2 in the BTS layout (sync/, official_splits/test/ and the split files)"}

@@ -31,12 +31,9 @@ from iedp_jax.infra.tfds import (
     FolderBuilder,
     RecordPairs,
     bytes_feature,
-    prepare_once,
     record_index,
-    require_tfds,
     tfds,
 )
-from iedp_jax.infra.threads import config_threads
 
 TRAIN_SPLIT = "nyudepthv2_train_files_with_gt.txt"
 TEST_SPLIT = "nyudepthv2_test_files_with_gt.txt"
@@ -195,12 +192,4 @@ class IedpNyuDepthV2(FolderBuilder):
                 for (rgb, dep), name, scene in zip(pairs.pairs, pairs.names, scenes, strict=True)]
 
 
-def open_source(cfg_data, seed: int) -> NYUv2Source:
-    """The source of ``data.name='nyu'``: prepared records (``data.format='tfds'``) or the folder."""
-    common = {"crop_size": tuple(cfg_data.crop_size), "seed": seed,
-              "num_workers": config_threads(cfg_data.num_workers)}
-    if cfg_data.format == "tfds":
-        require_tfds()
-        return NYUv2Source.from_prepared(prepare_once(IedpNyuDepthV2, cfg_data.data_dir, cfg_data.tfds_dir or None),
-                                         **common)
-    return NYUv2Source(cfg_data.data_dir, **common)
+NYUv2Source.BUILDER = IedpNyuDepthV2

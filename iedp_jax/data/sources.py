@@ -27,7 +27,8 @@ from iedp_jax.data.order import EpochOrder
 from iedp_jax.infra.errors import ConfigError
 from iedp_jax.infra.files import PairFiles
 from iedp_jax.infra.images import image_size
-from iedp_jax.infra.threads import default_threads
+from iedp_jax.infra.tfds import prepare_once, require_tfds
+from iedp_jax.infra.threads import config_threads, default_threads
 
 Example = dict[str, np.ndarray]
 
@@ -87,6 +88,18 @@ class FileSource(EpochOrder):
     batch_keys: tuple[str, ...]
     class_names: tuple[str, ...] = ()
     scene_names: tuple[str, ...] = ()
+    BUILDER: type  # the dataset's tfds builder (its release layout -> array_record)
+
+    @classmethod
+    def from_config(cls, cfg_data, seed: int) -> FileSource:
+        """The source over ``data.data_dir``: prepared records (``data.format='tfds'``, prepared
+        into ``data.tfds_dir`` on first use) or the folder itself (``'folders'``)."""
+        common = {"crop_size": tuple(cfg_data.crop_size), "seed": seed,
+                  "num_workers": config_threads(cfg_data.num_workers)}
+        if cfg_data.format == "tfds":
+            require_tfds()
+            return cls.from_prepared(prepare_once(cls.BUILDER, cfg_data.data_dir, cfg_data.tfds_dir or None), **common)
+        return cls(cfg_data.data_dir, **common)
 
     def __init__(self, train_files: PairFiles, val_files: PairFiles, crop_size: Sequence[int], seed: int,
                  num_workers: int | None) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "ADE20K_PALETTE",
@@ -181,3 +181,48 @@ def write_depth_panel(path: str | os.PathLike, image: np.ndarray, pred: np.ndarr
     if gt is not None:
         panels.append(colorize_depth(gt, vmin, vmax))
     return save_png(path, side_by_side(panels, gap))
+
+
+_SWATCH, _GAP, _PAD, _SPACING = 12, 4, 6, 14  # legend geometry (pixels)
+
+
+def legend(entries: Sequence[tuple[str, Sequence[int] | None]], width: int) -> np.ndarray:
+    """A white strip ``[h, max(width, widest entry), 3]`` uint8 with one swatch and name per entry
+    ``(name, RGB colour or None for an empty swatch)``, wrapped into rows."""
+    font = ImageFont.load_default()
+    boxes = [font.getbbox(name) for name, _ in entries]
+    entry_w = [_SWATCH + _GAP + (b[2] - b[0]) for b in boxes]
+    width = max(int(width), max(entry_w, default=0) + 2 * _PAD)
+    row_h = max([_SWATCH] + [b[3] - b[1] for b in boxes]) + _PAD
+    rows: list[list[int]] = [[]]
+    x = _PAD
+    for i, w in enumerate(entry_w):
+        if rows[-1] and x + w > width - _PAD:
+            rows.append([])
+            x = _PAD
+        rows[-1].append(i)
+        x += w + _SPACING
+    strip = Image.new("RGB", (width, 2 * _PAD + len(rows) * row_h), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    y = _PAD
+    for row in rows:
+        x = _PAD
+        for i in row:
+            name, colour = entries[i]
+            fill = (255, 255, 255) if colour is None else tuple(int(c) for c in colour)
+            draw.rectangle((x, y, x + _SWATCH - 1, y + _SWATCH - 1), fill=fill, outline=(0, 0, 0))
+            left, top, _, bottom = boxes[i]
+            draw.text((x + _SWATCH + _GAP - left, y + (_SWATCH - (bottom - top)) // 2 - top), name,
+                      fill=(0, 0, 0), font=font)
+            x += entry_w[i] + _SPACING
+        y += row_h
+    return np.asarray(strip)
+
+
+def above(top: np.ndarray, strip: np.ndarray) -> np.ndarray:
+    """``top [h, w, 3]`` stacked above ``strip``; white fills the right side when one is wider."""
+    h, w = top.shape[:2]
+    out = np.full((h + strip.shape[0], max(w, strip.shape[1]), 3), 255, np.uint8)
+    out[:h, :w] = top
+    out[h:, : strip.shape[1]] = strip
+    return out
