@@ -23,7 +23,7 @@ from iedp_jax.data import transforms
 from iedp_jax.data.sources import Example, FileSource
 from iedp_jax.infra.errors import ConfigError, DatasetError
 from iedp_jax.infra.files import DiskPairs, PairFiles
-from iedp_jax.infra.images import load_label, load_rgb
+from iedp_jax.infra.images import load_label
 from iedp_jax.infra.tfds import FolderBuilder, RecordPairs, bytes_feature, tfds
 
 # mmseg ADE20KDataset.CLASSES (the SceneParsing 150), in label order 0..149 after
@@ -122,11 +122,7 @@ class ADE20KSource(FileSource):
         return cls(None, crop_size, seed, files=files, **kwargs)
 
     def _decode(self, files: PairFiles, index: int) -> Example:
-        image_file, label_file = files.open(index)
-        image, label = load_rgb(image_file), load_label(label_file)
-        if image.shape[:2] != label.shape:
-            raise DatasetError(f"ADE20K image {files.name(index)} is {image.shape[:2]} but its annotation is "
-                               f"{label.shape}: the dataset copy is damaged.")
+        image, label = self._read_pair(files, index, load_label, "annotation")
         return {"image": image, "label": transforms.reduce_zero_label(label)}
 
     def _train_transform(self, ex: Example, rng: np.random.Generator) -> Example:

@@ -26,7 +26,7 @@ from iedp_jax.data import transforms
 from iedp_jax.data.sources import Example, FileSource
 from iedp_jax.infra.errors import DatasetError
 from iedp_jax.infra.files import DiskPairs, PairFiles
-from iedp_jax.infra.images import load_depth_png, load_rgb
+from iedp_jax.infra.images import load_depth_png
 from iedp_jax.infra.tfds import (
     FolderBuilder,
     RecordPairs,
@@ -148,11 +148,7 @@ class NYUv2Source(FileSource):
         return cls(None, crop_size, seed, files=files, scenes=scenes, **kwargs)
 
     def _decode(self, files: PairFiles, index: int) -> Example:
-        image_file, depth_file = files.open(index)
-        image, depth = load_rgb(image_file), load_depth_png(depth_file)
-        if image.shape[:2] != depth.shape:
-            raise DatasetError(f"NYUv2 image {files.name(index)} is {image.shape[:2]} but its depth is "
-                               f"{depth.shape}: the dataset copy is damaged.")
+        image, depth = self._read_pair(files, index, load_depth_png, "depth map")
         scenes = self.train_scenes if files is self.train_files else self.val_scenes
         return {"image": image, "depth": depth, "scene": np.int32(self._scene_index[scenes[index]])}
 

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from iedp_jax.data.order import EpochOrder
-from iedp_jax.infra.errors import ConfigError
+from iedp_jax.infra.errors import ConfigError, DatasetError
 from iedp_jax.infra.files import PairFiles
-from iedp_jax.infra.images import image_size
+from iedp_jax.infra.images import image_size, load_rgb
 from iedp_jax.infra.tfds import prepare_once, require_tfds
 from iedp_jax.infra.threads import config_threads, default_threads
 
@@ -128,6 +128,17 @@ class FileSource(EpochOrder):
 
     def _pad(self) -> Example:
         raise NotImplementedError
+
+    def _read_pair(self, files: PairFiles, index: int, load_target: Callable[[Any], np.ndarray],
+                   what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Pair ``index`` decoded: the RGB image [H, W, 3] and its target [H, W] (``what`` names it
+        in the error when the two sizes differ, which only a damaged copy can cause)."""
+        image_file, target_file = files.open(index)
+        image, target = load_rgb(image_file), load_target(target_file)
+        if image.shape[:2] != target.shape:
+            raise DatasetError(f"{type(self).__name__} image {files.name(index)} is {image.shape[:2]} but its "
+                               f"{what} is {target.shape}: the dataset copy is damaged.")
+        return image, target
 
     # -- the protocol --------------------------------------------------------------------------
     def train_example(self, step: int, row: int, batch_size: int) -> Example:
