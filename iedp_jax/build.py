@@ -1,20 +1,40 @@
-"""Builds the IEDP model and its weights from a config: local folders only, checked up front."""
+"""Builds the IEDP model and its weights from a config: local folders only, checked up front.
+
+VPD's class embeddings (``model.context="vpd"`` or ``model.query_init="class_text"``) are
+computed with the pipeline's own CLIP text tower on first use and cached in
+``WORKDIR/class_embeddings/<key>.npy`` (``python -m iedp_jax.class_embeddings`` computes them
+ahead of time); the key covers the class names, the templates and the text tower's folder.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ml_collections import ConfigDict
 
 from iedp_jax.config import DTYPES, to_model_config
+from iedp_jax.data.ade20k import ADE20K_CLASSES
+from iedp_jax.data.catalog import make_dataset, task_of
 from iedp_jax.infra.distributed import barrier
 from iedp_jax.infra.errors import ConfigError
 from iedp_jax.infra.logs import log_line
-from iedp_jax.model import IEDP, SEG
-from iedp_jax.prompts import class_prompt_table, scene_prompt_ids
+from iedp_jax.model import IEDP, SEG, VPD_CONTEXT
+from iedp_jax.prompts import (
+    IMAGENET_TEMPLATES,
+    VPD_NYU_SCENES,
+    class_prompt_table,
+    class_text_embeddings,
+    scene_prompt_ids,
+    vpd_scene_classes,
+)
 from iedp_jax.sd import load_clip_text, load_clip_vision, load_tokenizer, load_unet, load_vae
 from iedp_jax.sd.tiny import write_tiny_backbone
 
@@ -47,6 +67,48 @@ def resolve_backbone(cfg: ConfigDict, workdir: Path) -> tuple[Path, Path]:
     return sd, clip
 
 
+def needs_class_embeddings(cfg: ConfigDict) -> bool:
+    return cfg.model.context == VPD_CONTEXT or cfg.model.query_init == "class_text"
+
+
+def embedding_class_names(cfg: ConfigDict, dataset=None) -> tuple[str, ...]:
+    """The classes VPD embeds for ``cfg.data``: the segmentation classes, or for depth VPD's 27
+    NYUv2 scene classes (dataset scenes map onto them by name)."""
+    if task_of(cfg.data.name) != SEG:
+        return VPD_NYU_SCENES
+    if cfg.data.name == "ade20k":
+        return ADE20K_CLASSES
+    return tuple((dataset or make_dataset(cfg.data, seed=cfg.seed)).class_names)
+
+
+def embeddings_path(workdir: Path, text_folder: Path, names: Sequence[str], templates: Sequence[str]) -> Path:
+    """Where the class embeddings of ``names`` x ``templates`` by the text tower in ``text_folder`` are cached."""
+    key = json.dumps({"text": str(Path(text_folder).resolve()), "names": list(names), "templates": list(templates)})
+    return Path(workdir) / "class_embeddings" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+
+
+def cached_class_embeddings(workdir: Path, sd: Path, names: Sequence[str], text, text_params: PyTree,
+                            tokenizer) -> np.ndarray:
+    """[K, D] class embeddings from the cache in ``workdir``, or computed (and cached by process 0)."""
+    path = embeddings_path(workdir, sd, names, IMAGENET_TEMPLATES)
+    if path.is_file():
+        table = np.load(path)
+        if table.shape == (len(names), text.config.hidden_size):
+            return table
+        log_line(f"{path} holds {table.shape}, not ({len(names)}, {text.config.hidden_size}): recomputing it")
+    log_line(f"computing CLIP class embeddings of {len(names)} classes x {len(IMAGENET_TEMPLATES)} templates")
+    pooled = jax.jit(lambda ids: text.apply({"params": text_params}, ids).pooler_output.astype(jnp.float32))
+    table = class_text_embeddings(pooled, tokenizer, names)
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, table)
+        os.replace(tmp, path)  # readers never see a partial file
+        log_line(f"class embeddings cached in {path}")
+    return table
+
+
 def build_model(cfg: ConfigDict, dataset, workdir: Path) -> tuple[IEDP, PyTree, PyTree]:
     """Loads the backbone and returns ``(model, unet_params, frozen_params)`` on the host."""
     if cfg.model.dtype not in DTYPES:
@@ -64,8 +126,15 @@ def build_model(cfg: ConfigDict, dataset, workdir: Path) -> tuple[IEDP, PyTree, 
     template = cfg.model.prompt_template
     prompts = class_prompt_table(tokenizer, dataset.class_names, template) if dataset.task == SEG else None
     scenes = scene_prompt_ids(tokenizer, dataset.scene_names, template) if dataset.task != SEG else None
-    model = IEDP(mcfg, unet, vae, vision, text, prompts=prompts, scene_ids=scenes)
+    scene_classes = None
     frozen = {"vae": vae_params, "clip_vision": vision_params, "clip_text": text_params}
+    if needs_class_embeddings(cfg):
+        names = embedding_class_names(cfg, dataset)
+        frozen["class_embeddings"] = jnp.asarray(cached_class_embeddings(workdir, sd, names, text, text_params,
+                                                                         tokenizer))
+        if dataset.task != SEG:
+            scene_classes = jnp.asarray(vpd_scene_classes(dataset.scene_names, names))
+    model = IEDP(mcfg, unet, vae, vision, text, prompts=prompts, scene_ids=scenes, scene_classes=scene_classes)
     return model, unet_params, frozen
 
 

@@ -9,17 +9,21 @@ here, so ``--config.x=y`` with an unknown ``x`` is an error. Model fields that
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
+from pathlib import Path
 
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-from iedp_jax.model import SEG, IEDPConfig
+from iedp_jax.model import SEG, VPD_CONTEXT, IEDPConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # ``config.model`` fields that are IEDPConfig fields of the same name and meaning.
 _SHARED = ("timestep", "feature_layer", "attn_strides", "attn_maps", "explicit_maps", "explicit_weight",
            "decoder_heads", "fpn_channels", "head_channels", "head_groups", "dropout", "max_depth",
-           "neck_channels", "deconv_channels", "conv_channels")
+           "neck_channels", "deconv_channels", "conv_channels", "context", "query_init", "ce_average",
+           "depth_pad_multiple", "coarse_resize", "head_init")
 
 
 def base_config() -> ConfigDict:
@@ -33,6 +37,12 @@ def base_config() -> ConfigDict:
         dtype="float32",          # compute dtype: float32 | bfloat16 (parameters stay float32)
         remat=False,              # rematerialise UNet blocks in the backward pass
         scale_latents=True,       # multiply latents by the VAE scaling factor (TADP; VPD: False)
+        context=defaults.context,  # implicit (IEDP: image -> queries) | vpd (fixed CLIP class embeddings)
+        query_init=defaults.query_init,  # normal (free queries) | class_text (query c from class c's embedding)
+        ce_average=defaults.ce_average,  # valid | all (mmseg 0.x: mean over every pixel, ignored ones as 0)
+        depth_pad_multiple=defaults.depth_pad_multiple,  # depth: pad the image to a multiple (VPD: 64), 0 = none
+        coarse_resize=defaults.coarse_resize,  # depth neck: coarser level to the target, bilinear | nearest (VPD)
+        head_init=defaults.head_init,  # flax (lecun normal) | vpd (mmseg / VPD initialisations)
         timestep=defaults.timestep,
         num_queries=0,            # implicit tokens N; 0 = number of classes (seg) or 8 (depth)
         feature_layer=defaults.feature_layer,          # up_blocks[i].layers[j] used as the level-i feature
@@ -63,12 +73,14 @@ def base_config() -> ConfigDict:
         num_classes=5,            # synthetic segmentation only
         ignore_index=255,
         min_depth=1e-3,
+        pad_value=0,              # ade20k training pad colour, uint8 (VPD pads 0 after normalising = 127.5)
     ))
     c.optim = ConfigDict(dict(
         lr=8e-5, weight_decay=1e-3, unet_lr_mult=0.1,
-        schedule="warmup_poly",   # warmup_poly | one_cycle
+        schedule="warmup_poly",   # warmup_poly | one_cycle | one_cycle_vpd (VPD's NYUv2 formula)
+        param_groups="ours",      # ours (UNet x unet_lr_mult, no decay on 1-D) | mmcv (VPD ADE20K's custom keys)
         warmup_steps=1500, warmup_ratio=1e-6, power=1.0, end_lr=0.0,
-        start_lr=3e-5, peak_fraction=0.5,  # one_cycle only
+        start_lr=3e-5, peak_fraction=0.5,  # one_cycle* only
         clip_grad_norm=0.0, b1=0.9, b2=0.999, eps=1e-8,
     ))
     c.train = ConfigDict(dict(
@@ -95,11 +107,34 @@ def base_config() -> ConfigDict:
     return c
 
 
+LADDER = {"vpd": dict(context="vpd", explicit_weight=0.0),        # VPD: fixed class embeddings
+          "implicit": dict(context="implicit", explicit_weight=0.0),  # + the implicit branch
+          "iedp": dict(context="implicit", explicit_weight=1.0)}      # + the explicit branch (IEDP)
+
+
+def sibling_config(config_file: str | os.PathLike, name: str) -> ConfigDict:
+    """``get_config()`` of ``configs/<name>.py`` next to ``config_file`` (configs build on each other)."""
+    path = Path(config_file).with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def ladder_rung(cfg: ConfigDict, rung: str) -> ConfigDict:
+    """``cfg`` set to one rung of the ablation ladder VPD -> + implicit -> + explicit (IEDP):
+    each rung differs from the previous one by its one change (``LADDER``)."""
+    for key, value in LADDER[rung].items():
+        cfg.model[key] = value
+    return cfg
+
+
 def to_model_config(cfg: ConfigDict, task: str, num_classes: int, scaling_factor: float) -> IEDPConfig:
     """The model's static config from ``cfg.model``, the dataset (task, classes) and the VAE."""
     m = cfg.model
+    queries = num_classes if task == SEG else (1 if m.context == VPD_CONTEXT else 8)
     return IEDPConfig(
-        task=task, num_classes=num_classes, num_queries=m.num_queries or (num_classes if task == SEG else 8),
+        task=task, num_classes=num_classes, num_queries=m.num_queries or queries,
         latent_scale=scaling_factor if m.scale_latents else 1.0, ignore_index=cfg.data.ignore_index,
         **{f: (tuple(m[f]) if f == "attn_strides" else m[f]) for f in _SHARED})
 

@@ -10,7 +10,7 @@ count): it needs no cross-device batch statistics and behaves the same at batch 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +22,8 @@ from iedp_jax.sd.layers import conv, group_norm, resize_bilinear, resize_nearest
 
 Dtype = Any
 _GN_EPS = 1e-5  # PyTorch's GroupNorm default
+RESIZES = ("bilinear", "nearest")
+HEAD_INITS = ("flax", "vpd")
 
 
 def _check_features(features: Sequence[jax.Array]) -> None:
@@ -96,7 +98,8 @@ class DepthHead(nn.Module):
 
     Neck: target level ``t = min(2, L - 1)`` (stride 32 when level 0 is stride 8). Finer levels
     ``i < t`` go through ``t - i`` stride-2 3x3 convs (GroupNorm + ReLU between consecutive ones,
-    as VPD's ``layer1``); coarser levels are resized bilinearly to level t; concat; 1x1 conv to
+    as VPD's ``layer1``); coarser levels are resized to level t (bilinear, or VPD's nearest with
+    ``coarse_resize="nearest"``); concat; 1x1 conv to
     ``neck_channels`` + GroupNorm + ReLU. Decoder: 3 x [2x2 stride-2 transposed conv + GroupNorm +
     ReLU], 3x3 conv + GroupNorm + ReLU, bilinear resize straight to ``out_size`` (VPD: two fixed
     2x upsamples), 3x3 conv + ReLU + 3x3 conv to one channel, ``sigmoid * max_depth`` (float32).
@@ -107,15 +110,21 @@ class DepthHead(nn.Module):
     deconv_channels: int = 32
     conv_channels: int = 192
     groups: int = 16
+    coarse_resize: str = "bilinear"  # coarser levels to the target level: bilinear | nearest (VPD)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, features: Sequence[jax.Array], out_size: tuple[int, int]) -> jax.Array:
+    def __call__(self, features: Sequence[jax.Array], out_size: tuple[int, int],
+                 neck_hw: tuple[int, int] | None = None) -> jax.Array:
+        """``neck_hw``: keep only the top-left ``neck_hw`` of the neck output (VPD's crop of the
+        neck after padding 480 to 512: 16x16 -> 15x15); None keeps it whole."""
         # features[k]: [B, h_k, w_k, C_k], fine to coarse
         _check_features(features)
         if len(out_size) != 2 or min(out_size) < 1:
             raise ValueError(f"out_size must be two positive integers, got {out_size!r}.")
+        if self.coarse_resize not in RESIZES:
+            raise ConfigError(f"model.coarse_resize must be one of {RESIZES}, got {self.coarse_resize!r}.")
         for channels, what in ((self.neck_channels, "neck_channels"),
                                (self.deconv_channels, "deconv_channels"),
                                (self.conv_channels, "conv_channels")):
@@ -139,10 +148,13 @@ class DepthHead(nn.Module):
                     x = conv(channels, 3, stride=2, use_bias=last,
                              name=f"down_{i}_conv_{j}", **kw)(x)
             # A stride-2 conv gives ceil(h / 2), the UNet's own rule, so this is normally a no-op.
-            parts.append(resize_bilinear(x, target))  # [B, h_t, w_t, C_i]
+            coarser = i > t and self.coarse_resize == "nearest" and _hw(x) != target
+            parts.append(resize_nearest(x, target) if coarser else resize_bilinear(x, target))  # [B, h_t, w_t, C_i]
         x = jnp.concatenate(parts, axis=-1)
         x = conv(self.neck_channels, 1, use_bias=False, name="neck_conv", **kw)(x)
         x = nn.relu(gn("neck_norm")(x))  # [B, h_t, w_t, neck]
+        if neck_hw is not None:
+            x = x[:, : neck_hw[0], : neck_hw[1]]  # [B, h_n, w_n, neck]
 
         # Decoder.
         for j in range(3):
@@ -155,3 +167,41 @@ class DepthHead(nn.Module):
         x = nn.relu(conv(self.conv_channels, 3, name="last_conv_0", **kw)(x))
         x = conv(1, 3, name="last_conv_1", **kw)(x)  # [B, H, W, 1]
         return jax.nn.sigmoid(x[..., 0].astype(jnp.float32)) * self.max_depth  # [B, H, W]
+
+
+def _vpd_initializer(task: str, name: str, leaf: str):
+    """The initialiser VPD's code gives head parameter ``name/leaf``, or None (keep it)."""
+    normal = jax.nn.initializers.normal
+    zeros = jax.nn.initializers.zeros
+    if leaf == "bias" and not name.endswith("_norm") and "_norm_" not in name:
+        return zeros  # every conv bias starts at 0 in mmseg and VPD
+    if leaf != "kernel":
+        return None  # norms: scale 1, bias 0 already
+    if task == "seg":
+        if name.startswith(("lateral_", "fpn_")):
+            return jax.nn.initializers.xavier_uniform()  # mmseg FPN: Xavier (uniform)
+        if name.startswith("scale_"):
+            return jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # mmcv ConvModule: Kaiming
+        return normal(0.01) if name == "conv_seg" else None  # BaseDecodeHead: conv_seg N(0, 0.01)
+    if name.startswith("down_") or name == "neck_conv":
+        return normal(0.02)  # VPDDepthEncoder: trunc_normal(0.02), truncated at +-2 (i.e. 100 std)
+    return normal(0.001)  # Decoder and last_layer_depth: normal_init(std=0.001)
+
+
+def vpd_head_init(head_params: Mapping[str, Any], rng: jax.Array, task: str) -> dict[str, Any]:
+    """Re-initialises head parameters as mmseg/VPD do (``model.head_init="vpd"``).
+
+    Segmentation: FPN convs Xavier-uniform, head convs Kaiming-normal (fan-out, ReLU), ``conv_seg``
+    N(0, 0.01). Depth: neck convs N(0, 0.02), deconvs and decoder convs N(0, 0.001). Biases 0,
+    norms scale 1 / bias 0. Shapes and dtypes are kept.
+    """
+    if task not in ("seg", "depth"):
+        raise ValueError(f"task must be 'seg' or 'depth', got {task!r}.")
+    out = {}
+    for i, (name, leaves) in enumerate(sorted(head_params.items())):
+        out[name] = {}
+        for j, (leaf, value) in enumerate(sorted(leaves.items())):
+            init = _vpd_initializer(task, name, leaf)
+            key = jax.random.fold_in(jax.random.fold_in(rng, i), j)
+            out[name][leaf] = value if init is None else init(key, value.shape, value.dtype)
+    return out

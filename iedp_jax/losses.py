@@ -11,14 +11,21 @@ import jax.numpy as jnp
 
 from iedp_jax.sd.layers import resize_bilinear
 
+CE_AVERAGES = ("valid", "all")
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = 255) -> jax.Array:
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = 255,
+                  average: str = "valid") -> jax.Array:
     """Mean pixel cross-entropy of ``logits [B, h, w, C]`` against ``labels [B, H, W]`` (int).
 
     The logits are resized bilinearly (in float32) to the label size, as mmseg does. Pixels whose
-    label is ``ignore_index`` (or otherwise outside ``[0, C)``) are left out of the mean; with no
-    valid pixel the loss is 0 (PyTorch would return NaN).
+    label is ``ignore_index`` (or otherwise outside ``[0, C)``) add nothing. ``average="valid"``
+    divides by the valid pixels (PyTorch's ``ignore_index`` mean; with no valid pixel the loss is
+    0 where PyTorch gives NaN); ``"all"`` divides by every pixel, as mmseg 0.x does
+    (``avg_non_ignore=False``, VPD's setting).
     """
+    if average not in CE_AVERAGES:
+        raise ValueError(f"average must be one of {CE_AVERAGES}, got {average!r}.")
     if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
         raise ValueError(f"cross_entropy expects logits [B, h, w, C] and labels [B, H, W] with the "
                          f"same B, got {logits.shape} and {labels.shape}.")
@@ -30,7 +37,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = 255)
     safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
     logp = jax.nn.log_softmax(logits, axis=-1)  # [B, H, W, C]
     nll = -jnp.take_along_axis(logp, safe_labels[..., None], axis=-1)[..., 0]  # [B, H, W]
-    count = jnp.sum(valid)
+    count = jnp.sum(valid) if average == "valid" else valid.size
     return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(count, 1).astype(jnp.float32)
 
 

@@ -5,15 +5,19 @@ scale -> one UNet pass at a fixed timestep without noise -> decoder features, fi
 the head- and layer-averaged cross-attention maps of the chosen strides concatenated -> task head.
 
 The UNet's context comes from one of two branches that share the UNet and head weights
-(DESIGN.md 3.2):
+(DESIGN.md 3.2), or, with ``context="vpd"``, from VPD's fixed class embeddings:
 
 - implicit: frozen CLIP image tower -> projector -> one pre-LN decoder layer over N learnable
   queries -> text adapter -> N context tokens. This is the only branch used at inference.
 - explicit: the class names present in the label crop (segmentation) or the scene name (depth) ->
   prompt -> frozen CLIP text tower -> text adapter.
+- vpd (the baseline, replacing the implicit branch): ``frozen["class_embeddings"]`` [K, D] (CLIP
+  text embeddings of the class names averaged over 80 templates, :mod:`iedp_jax.prompts`) ->
+  text adapter; segmentation uses all K classes, depth the one row of the image's scene class.
 
 Parameters are explicit pytrees: ``params`` (trained: ``unet``, ``implicit``, ``adapter``,
-``head``) and ``frozen`` (``vae``, ``clip_vision``, ``clip_text``), never mixed, so the optimizer
+``head``; no ``implicit`` with ``context="vpd"``) and ``frozen`` (``vae``, ``clip_vision``,
+``clip_text``, and ``class_embeddings`` when used), never mixed, so the optimizer
 holds no state for the frozen towers.
 """
 
@@ -27,9 +31,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from iedp_jax.heads import DepthHead, SemanticFPNHead
-from iedp_jax.infra.errors import ConfigError
-from iedp_jax.losses import cross_entropy, silog
+from iedp_jax.heads import HEAD_INITS, RESIZES, DepthHead, SemanticFPNHead, vpd_head_init
+from iedp_jax.infra.errors import ConfigError, InputError
+from iedp_jax.losses import CE_AVERAGES, cross_entropy, silog
 from iedp_jax.prompts import ClassPromptTable, build_prompts, present_classes
 from iedp_jax.sd.attention import CROSS, NO_CAPTURE, AttentionCapture, attention_maps, maps_by_queries, mean_map
 from iedp_jax.sd.clip import CLIPTextTransformer, CLIPVisionTransformer, clip_preprocess
@@ -40,6 +44,8 @@ PyTree = Any
 Dtype = Any
 
 SEG, DEPTH = "seg", "depth"
+IMPLICIT_CONTEXT, VPD_CONTEXT = "implicit", "vpd"
+QUERY_INITS = ("normal", "class_text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +73,30 @@ class IEDPConfig:
     deconv_channels: int = 32
     conv_channels: int = 192
     ignore_index: int = 255
+    context: str = IMPLICIT_CONTEXT  # implicit (IEDP) | vpd (fixed class embeddings, the baseline)
+    query_init: str = "normal"       # normal: free queries N(0, 0.02) | class_text: query c from class c's text
+    ce_average: str = "valid"        # cross-entropy mean over valid pixels | all pixels (mmseg 0.x, VPD)
+    depth_pad_multiple: int = 0      # depth: pad the image to a multiple of this (VPD: 64) and crop back
+    coarse_resize: str = "bilinear"  # depth neck: coarser level to the target level (VPD: nearest)
+    head_init: str = "flax"          # flax defaults | vpd (mmseg/VPD initialisations)
 
     def __post_init__(self) -> None:
         if self.task not in (SEG, DEPTH):
             raise ConfigError(f"model.task must be 'seg' or 'depth', got {self.task!r}.")
+        for field, allowed in (("context", (IMPLICIT_CONTEXT, VPD_CONTEXT)), ("query_init", QUERY_INITS),
+                               ("ce_average", CE_AVERAGES), ("coarse_resize", RESIZES), ("head_init", HEAD_INITS)):
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"model.{field} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}.")
+        if self.depth_pad_multiple < 0 or self.depth_pad_multiple % 8:
+            raise ConfigError(f"model.depth_pad_multiple must be 0 or a positive multiple of 8, got "
+                              f"{self.depth_pad_multiple}.")
+        vpd_tokens = self.num_classes if self.task == SEG else 1
+        if self.context == VPD_CONTEXT and self.num_queries != vpd_tokens:
+            raise ConfigError(f"model.context='vpd' gives {vpd_tokens} context token(s) (one per class for "
+                              f"segmentation, the scene's for depth); set model.num_queries={vpd_tokens} or 0.")
+        if self.query_init == "class_text" and (self.task != SEG or self.context != IMPLICIT_CONTEXT):
+            raise ConfigError("model.query_init='class_text' ties query c to class c: it needs segmentation "
+                              "with model.context='implicit'.")
         if self.explicit_maps not in ("scatter", "zeros"):
             raise ConfigError(f"model.explicit_maps must be 'scatter' or 'zeros', got {self.explicit_maps!r}.")
         if self.task == SEG and self.explicit_maps == "scatter" and self.num_queries != self.num_classes:
@@ -119,6 +145,19 @@ class TextAdapter(nn.Module):
         return e + gamma.astype(h.dtype) * h
 
 
+def class_queries(embeddings: jax.Array, queries: jax.Array) -> jax.Array:
+    """Queries tied to classes: query c is class c's text embedding ``embeddings`` [K, D], each
+    row rescaled to the RMS of the random ``queries`` [N, D] (N(0, 0.02) at init), so that the
+    decoder starts at the scale it was designed for."""
+    n = queries.shape[0]
+    if embeddings.shape[0] != n or embeddings.shape[1] != queries.shape[1]:
+        raise ConfigError(f"model.query_init='class_text' needs one {queries.shape[1]}-d class embedding per query "
+                          f"({n}), got {embeddings.shape}.")
+    rms = jnp.sqrt(jnp.mean(jnp.square(queries)))
+    e = embeddings.astype(jnp.float32)
+    return (e / jnp.sqrt(jnp.mean(jnp.square(e), axis=1, keepdims=True) + 1e-12) * rms).astype(queries.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class IEDP:
     """The IEDP model: pure functions over ``params`` (trained) and ``frozen`` pytrees."""
@@ -130,6 +169,7 @@ class IEDP:
     clip_text: CLIPTextTransformer
     prompts: ClassPromptTable | None = None  # segmentation: class-name token table
     scene_ids: jax.Array | None = None       # depth: [S, L] one prompt per scene
+    scene_classes: jax.Array | None = None   # depth, context 'vpd': [S] row of each scene's class embedding
 
     @property
     def dtype(self) -> Dtype:
@@ -153,27 +193,50 @@ class IEDP:
             return SemanticFPNHead(c.num_classes, c.fpn_channels, c.head_channels, c.head_groups, c.dropout,
                                    dtype=self.dtype)
         return DepthHead(c.max_depth, c.neck_channels, c.deconv_channels, c.conv_channels, c.head_groups,
-                         dtype=self.dtype)
+                         c.coarse_resize, dtype=self.dtype)
 
     def init_head_params(self, rng: jax.Array, image_hw: tuple[int, int], unet_params: PyTree,
                          frozen: PyTree) -> PyTree:
-        """Random parameters of the implicit branch, adapter and head (UNet params are given)."""
+        """Random parameters of the implicit branch (not with ``context='vpd'``), adapter and head
+        (UNet params are given)."""
+        c = self.config
         r1, r2, r3 = jax.random.split(rng, 3)
+        r4 = jax.random.fold_in(rng, 3)  # VPD head init; r1-r3 stay as before this option existed
         images = jnp.zeros((1, *image_hw, 3), jnp.uint8)
-        tokens = self._clip_tokens(frozen, images)
-        implicit = self.implicit_module().init(r1, tokens)["params"]
-        ctx = self.implicit_module().apply({"params": implicit}, tokens)
-        adapter = self.adapter_module().init(r2, ctx)["params"]
-        feats = self._features(unet_params, self._latents(frozen, images), ctx, explicit_last=None)
-        if self.config.task == SEG:
+        out = {}
+        if c.context == VPD_CONTEXT:
+            ctx = self._class_embeddings(frozen)[None, : c.num_queries]  # [1, K, D]
+        else:
+            tokens = self._clip_tokens(frozen, images)
+            implicit = self.implicit_module().init(r1, tokens)["params"]
+            if c.query_init == "class_text":
+                implicit["queries"] = class_queries(self._class_embeddings(frozen), implicit["queries"])
+            ctx = self.implicit_module().apply({"params": implicit}, tokens)
+            out["implicit"] = implicit
+        out["adapter"] = self.adapter_module().init(r2, ctx)["params"]
+        latents = self._latents(frozen, images)
+        feats = self._features(unet_params, latents, ctx, explicit_last=None)
+        if c.task == SEG:
             head = self.head_module().init(r3, feats, train=False)["params"]
         else:
-            head = self.head_module().init(r3, feats, image_hw)["params"]
-        return {"implicit": implicit, "adapter": adapter, "head": head}
+            head = self.head_module().init(r3, feats, image_hw, self._neck_hw(image_hw, len(feats)))["params"]
+        out["head"] = vpd_head_init(head, r4, c.task) if c.head_init == "vpd" else head
+        return out
 
     # ------------------------------------------------------------------ pieces
+    def _class_embeddings(self, frozen: PyTree) -> jax.Array:
+        if "class_embeddings" not in frozen:
+            raise ConfigError("this model needs the class embeddings (model.context='vpd' or "
+                              "model.query_init='class_text'); build it with iedp_jax.build.build_model.")
+        return frozen["class_embeddings"]  # [K, D]
+
     def _latents(self, frozen: PyTree, images: jax.Array) -> jax.Array:
         x = images.astype(jnp.float32) / 127.5 - 1.0  # [B, H, W, 3] in [-1, 1]
+        m = self.config.depth_pad_multiple
+        if self.config.task == DEPTH and m:
+            # VPD pads the normalised image with 0 (grey) at the bottom and right: 480 -> 512.
+            _, h, w, _ = x.shape
+            x = jnp.pad(x, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)))  # [B, H', W', 3]
         mean, _ = self.vae.apply({"params": frozen["vae"]}, x.astype(self.vae.dtype), method=self.vae.encode)
         return jax.lax.stop_gradient(mean * self.config.latent_scale)  # [B, H/8, W/8, 4]
 
@@ -223,13 +286,40 @@ class IEDP:
         picked = jnp.take_along_axis(m, jnp.maximum(last, 0)[:, None, :], axis=2)  # [B, Q, C]
         return jnp.where(last[:, None, :] >= 0, picked, 0.0)
 
+    def _neck_hw(self, image_hw: tuple[int, int], levels: int) -> tuple[int, int] | None:
+        """The depth neck's size for the unpadded image when the input was padded (VPD's crop)."""
+        if not self.config.depth_pad_multiple:
+            return None
+        stride = 8 * 2 ** min(2, levels - 1)  # the neck's target level (DepthHead)
+        return -(-image_hw[0] // stride), -(-image_hw[1] // stride)
+
     def _head(self, params: PyTree, feats: list[jax.Array], out_hw: tuple[int, int], train: bool,
               rng: jax.Array | None) -> jax.Array:
         head = self.head_module()
         if self.config.task == SEG:
             rngs = {"dropout": rng} if train and rng is not None else {}
             return head.apply({"params": params["head"]}, feats, train=train, rngs=rngs)  # [B, h, w, C]
-        return head.apply({"params": params["head"]}, feats, out_hw)  # [B, H, W]
+        return head.apply({"params": params["head"]}, feats, out_hw, self._neck_hw(out_hw, len(feats)))  # [B, H, W]
+
+    def vpd_context(self, params: PyTree, frozen: PyTree, batch_size: int, scenes: jax.Array | None
+                    ) -> jax.Array:
+        """VPD's context: the adapted class embeddings, all K [B, K, D] (segmentation) or the
+        scene class's [B, 1, D] (depth, ``scenes`` [B] dataset scene indices)."""
+        table = self._class_embeddings(frozen)  # [K, D]
+        if self.config.task == DEPTH:
+            if scenes is None:
+                raise InputError("model.context='vpd' for depth conditions on each image's scene class (VPD uses "
+                                 "the ground-truth scene at test time too): pass the images' scenes.")
+            table = table[self.scene_classes[scenes]][:, None]  # [B, 1, D]
+        ctx = self.adapter_module().apply({"params": params["adapter"]}, table)
+        return jnp.broadcast_to(ctx, (batch_size, *ctx.shape[-2:]))  # [B, K, D]
+
+    def main_context(self, params: PyTree, frozen: PyTree, images: jax.Array, scenes: jax.Array | None = None
+                     ) -> jax.Array:
+        """The context used at inference: the implicit branch's, or VPD's class embeddings."""
+        if self.config.context == VPD_CONTEXT:
+            return self.vpd_context(params, frozen, images.shape[0], scenes)
+        return self.implicit_context(params, frozen, images)
 
     def implicit_context(self, params: PyTree, frozen: PyTree, images: jax.Array) -> jax.Array:
         """[B, N, D] context from the image alone."""
@@ -249,11 +339,13 @@ class IEDP:
         return ctx.astype(self.dtype), (last if last is not None else jnp.zeros((ids.shape[0], 0), jnp.int32))
 
     # ------------------------------------------------------------------ public
-    def predict(self, params: PyTree, frozen: PyTree, images: jax.Array) -> jax.Array:
+    def predict(self, params: PyTree, frozen: PyTree, images: jax.Array, scenes: jax.Array | None = None
+                ) -> jax.Array:
         """Inference (implicit branch only; takes no labels): seg logits [B, h, w, C] at 1/8
-        resolution, or depth [B, H, W] in metres. ``images`` [B, H, W, 3] uint8 / float 0-255."""
+        resolution, or depth [B, H, W] in metres. ``images`` [B, H, W, 3] uint8 / float 0-255;
+        ``scenes`` [B] only for depth with ``context='vpd'``."""
         latents = self._latents(frozen, images)
-        feats = self._features(params["unet"], latents, self.implicit_context(params, frozen, images), None)
+        feats = self._features(params["unet"], latents, self.main_context(params, frozen, images, scenes), None)
         return self._head(params, feats, images.shape[1:3], False, None)
 
     def loss(self, params: PyTree, frozen: PyTree, batch: Mapping[str, jax.Array], rng: jax.Array
@@ -266,13 +358,13 @@ class IEDP:
 
         def task_loss(pred: jax.Array) -> jax.Array:
             if c.task == SEG:
-                return cross_entropy(pred.astype(jnp.float32), batch["label"], c.ignore_index)
+                return cross_entropy(pred.astype(jnp.float32), batch["label"], c.ignore_index, c.ce_average)
             return silog(pred.astype(jnp.float32), batch["depth"])
 
-        ctx = self.implicit_context(params, frozen, images)
+        ctx = self.main_context(params, frozen, images, batch.get("scene"))
         pred = self._head(params, self._features(params["unet"], latents, ctx, None), images.shape[1:3], True, r_imp)
         l_imp = task_loss(pred)
-        metrics = {"loss_implicit": l_imp}
+        metrics = {f"loss_{c.context}": l_imp}
         total = l_imp
         if c.explicit_weight > 0:
             ctx_e, last = self.explicit_context(params, frozen, batch)

@@ -1,21 +1,27 @@
-"""Explicit-branch prompts built from labels inside the jitted step.
+"""Text for the UNet's context: explicit-branch prompts and VPD's fixed class embeddings.
 
-The class names are tokenized once on the host into a table; per batch, the prompt
-``"a photo of wall, floor, bed"`` for the classes present in each crop is assembled with array
-operations only (cumulative sums and one scatter), so the train step does no Python work per
-example and its shapes never change.
+Explicit branch: the class names are tokenized once on the host into a table; per batch, the
+prompt ``"a photo of wall, floor, bed"`` for the classes present in each crop is assembled with
+array operations only (cumulative sums and one scatter), so the train step does no Python work
+per example and its shapes never change.
+
+VPD's context (``model.context="vpd"``): one vector per class, the CLIP text tower's pooled
+output (the end-of-text token after the final LayerNorm) averaged over the 80 ImageNet prompt
+templates (:func:`class_text_embeddings`, as VPD's ``dump_nyu_text_embeddings.py``). NYUv2 uses
+VPD's 27 scene classes; each image's scene maps to the first of them contained in its name
+(:func:`vpd_scene_classes`, VPD's substring rule).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iedp_jax.infra.errors import ConfigError
+from iedp_jax.infra.errors import ConfigError, DatasetError
 from iedp_jax.sd.tokenizer import Tokenizer
 
 
@@ -104,3 +110,79 @@ def scene_prompt_ids(tokenizer: Tokenizer, scene_names: Sequence[str],
                      template: str = "a photo of a {}") -> jax.Array:
     """[S, L] token ids of one prompt per scene (depth's explicit branch), host-built once."""
     return jnp.asarray(tokenizer([template.format(s.replace("_", " ")) for s in scene_names]))
+
+
+# CLIP's 80 ImageNet prompt templates, in the order of VPD's depth/dump_nyu_text_embeddings.py.
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    'a bad photo of a {}.', 'a photo of many {}.', 'a sculpture of a {}.', 'a photo of the hard to see {}.',
+    'a low resolution photo of the {}.', 'a rendering of a {}.', 'graffiti of a {}.',
+    'a bad photo of the {}.', 'a cropped photo of the {}.', 'a tattoo of a {}.', 'the embroidered {}.',
+    'a photo of a hard to see {}.', 'a bright photo of a {}.', 'a photo of a clean {}.',
+    'a photo of a dirty {}.', 'a dark photo of the {}.', 'a drawing of a {}.', 'a photo of my {}.',
+    'the plastic {}.', 'a photo of the cool {}.', 'a close-up photo of a {}.',
+    'a black and white photo of the {}.', 'a painting of the {}.', 'a painting of a {}.',
+    'a pixelated photo of the {}.', 'a sculpture of the {}.', 'a bright photo of the {}.',
+    'a cropped photo of a {}.', 'a plastic {}.', 'a photo of the dirty {}.',
+    'a jpeg corrupted photo of a {}.', 'a blurry photo of the {}.', 'a photo of the {}.',
+    'a good photo of the {}.', 'a rendering of the {}.', 'a {} in a video game.', 'a photo of one {}.',
+    'a doodle of a {}.', 'a close-up photo of the {}.', 'a photo of a {}.', 'the origami {}.',
+    'the {} in a video game.', 'a sketch of a {}.', 'a doodle of the {}.', 'a origami {}.',
+    'a low resolution photo of a {}.', 'the toy {}.', 'a rendition of the {}.', 'a photo of the clean {}.',
+    'a photo of a large {}.', 'a rendition of a {}.', 'a photo of a nice {}.', 'a photo of a weird {}.',
+    'a blurry photo of a {}.', 'a cartoon {}.', 'art of a {}.', 'a sketch of the {}.', 'a embroidered {}.',
+    'a pixelated photo of a {}.', 'itap of the {}.', 'a jpeg corrupted photo of the {}.',
+    'a good photo of a {}.', 'a plushie {}.', 'a photo of the nice {}.', 'a photo of the small {}.',
+    'a photo of the weird {}.', 'the cartoon {}.', 'art of the {}.', 'a drawing of the {}.',
+    'a photo of the large {}.', 'a black and white photo of a {}.', 'the plushie {}.',
+    'a dark photo of a {}.', 'itap of a {}.', 'graffiti of the {}.', 'a toy {}.', 'itap of my {}.',
+    'a photo of a cool {}.', 'a photo of a small {}.', 'a tattoo of the {}.',
+)
+assert len(IMAGENET_TEMPLATES) == 80
+
+# VPD's NYUv2 scene classes (depth/nyu_class_list.json: the official_splits/train folder names), in its order.
+VPD_NYU_SCENES: tuple[str, ...] = (
+    "printer_room", "bathroom", "living_room", "study", "conference_room", "study_room", "kitchen",
+    "home_office", "bedroom", "dinette", "playroom", "indoor_balcony", "laundry_room", "basement",
+    "excercise_room", "foyer", "home_storage", "cafe", "furniture_store", "office_kitchen", "student_lounge",
+    "dining_room", "reception_room", "computer_lab", "classroom", "office", "bookstore",
+)
+assert len(VPD_NYU_SCENES) == 27
+
+
+def vpd_scene_classes(scene_names: Sequence[str], classes: Sequence[str] = VPD_NYU_SCENES) -> np.ndarray:
+    """[S] int32: for each dataset scene, the first of VPD's ``classes`` its name contains.
+
+    VPD's rule (``nyudepthv2.py``): ``study_room`` -> ``study``, ``office_kitchen`` -> ``kitchen``.
+    """
+    out = []
+    for scene in scene_names:
+        hits = [i for i, c in enumerate(classes) if c in scene]
+        if not hits:
+            raise DatasetError(f"the scene {scene!r} contains none of VPD's {len(classes)} NYUv2 scene classes, so "
+                               "model.context='vpd' has no class embedding for it.")
+        out.append(hits[0])
+    return np.asarray(out, np.int32)
+
+
+def class_text_embeddings(pooled: Callable[[np.ndarray], np.ndarray], tokenizer: Tokenizer,
+                          class_names: Sequence[str], templates: Sequence[str] = IMAGENET_TEMPLATES,
+                          batch_size: int = 256) -> np.ndarray:
+    """[K, D] float32: per class, the mean over ``templates`` of ``pooled(ids)`` (the text tower's
+    pooled output of the prompts ``template.format(name)``, ``_`` read as a space).
+
+    ``pooled`` maps ids [batch_size, L] to [batch_size, D]; the last batch is padded with copies
+    of its first row so that one compiled shape serves every batch.
+    """
+    if not class_names or not templates:
+        raise ValueError("class_text_embeddings needs at least one class name and one template.")
+    texts = [t.format(name.replace("_", " ")) for name in class_names for t in templates]
+    ids = np.asarray(tokenizer(texts))  # [K*T, L]
+    out = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, 0)])
+        out.append(np.asarray(pooled(chunk), np.float32)[:n])
+    pooled_all = np.concatenate(out)  # [K*T, D]
+    return pooled_all.reshape(len(class_names), len(templates), -1).mean(axis=1)

@@ -22,7 +22,7 @@ from tests.helpers import ROOT
 PACKAGES = ("iedp_jax", "diffseg_jax")
 ALLOWED = {"sd": {"sd"}, "infra": {"infra"}, "iedp": {"sd", "infra", "iedp"}, "diffseg": {"sd", "infra", "diffseg"}}
 ENTRY_POINTS = {"iedp_jax.train", "iedp_jax.evaluate", "iedp_jax.predict", "iedp_jax.export", "diffseg_jax.evaluate",
-                "diffseg_jax.segment", "diffseg_jax.captions"}
+                "diffseg_jax.segment", "diffseg_jax.captions", "iedp_jax.class_embeddings"}
 # Optional heavy dependencies that may be imported inside a function (with a comment).
 LAZY_OK = {"torch", "tensorflow", "tensorflow_datasets", "transformers", "diffusers"}
 

@@ -98,7 +98,7 @@ class ADE20KSource(FileSource):
                  seed: int = 0, split_sizes: Sequence[int | None] | None = None, *,
                  img_scale: Sequence[int] | None = None, ratio_range: Sequence[float] = (0.5, 2.0),
                  cat_max_ratio: float = 0.75, photometric: bool = True, num_workers: int | None = None,
-                 files: tuple[PairFiles, PairFiles] | None = None) -> None:
+                 files: tuple[PairFiles, PairFiles] | None = None, pad_value: int = 0) -> None:
         if files is None:
             root = find_root(data_dir)
             files = (list_pairs(root, "training"), list_pairs(root, "validation"))
@@ -111,7 +111,17 @@ class ADE20KSource(FileSource):
         self.ratio_range = tuple(ratio_range)
         self.cat_max_ratio = float(cat_max_ratio)
         self.photometric = bool(photometric)
+        self.pad_value = int(pad_value)
         super().__init__(train, val, crop_size, seed, num_workers)
+
+    @classmethod
+    def from_config(cls, cfg_data, seed: int) -> ADE20KSource:
+        """:meth:`FileSource.from_config` with the training pad colour ``data.pad_value``."""
+        source = super().from_config(cfg_data, seed)
+        if not 0 <= int(cfg_data.pad_value) <= 255:
+            raise ConfigError(f"data.pad_value must be a uint8 colour in [0, 255], got {cfg_data.pad_value}.")
+        source.pad_value = int(cfg_data.pad_value)
+        return source
 
     @classmethod
     def from_prepared(cls, builder, crop_size: Sequence[int] = (512, 512), seed: int = 0, **kwargs: Any
@@ -128,7 +138,8 @@ class ADE20KSource(FileSource):
     def _train_transform(self, ex: Example, rng: np.random.Generator) -> Example:
         image, label = transforms.ade20k_train_transform(
             ex["image"], ex["label"], rng, self.crop_size, img_scale=self.img_scale,
-            ratio_range=self.ratio_range, cat_max_ratio=self.cat_max_ratio, photometric=self.photometric)
+            ratio_range=self.ratio_range, cat_max_ratio=self.cat_max_ratio, photometric=self.photometric,
+            pad_value=self.pad_value)
         return {"image": image, "label": label}
 
     def _val_transform(self, ex: Example) -> Example:

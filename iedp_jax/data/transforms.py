@@ -9,7 +9,7 @@ Segmentation (mmseg 0.x, as VPD's ADE20K config uses it)::
 
     reduce_zero_label -> Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True)
     -> RandomCrop(crop_size, cat_max_ratio=0.75) -> RandomFlip(0.5) -> PhotoMetricDistortion
-    -> Pad(crop_size, pad_val=0, seg_pad_val=255)
+    -> Pad(crop_size, pad_val=data.pad_value, seg_pad_val=255)   (VPD: Normalize then pad 0)
 
 Depth (VPD's ``depth/dataset/base_dataset.py``, taken from GLPDepth)::
 
@@ -277,13 +277,18 @@ def ade20k_train_transform(image: np.ndarray, label: np.ndarray, rng: np.random.
                            ratio_range: Sequence[float] = (0.5, 2.0),
                            cat_max_ratio: float = 0.75, flip_prob: float = 0.5,
                            photometric: bool = True,
-                           ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray]:
+                           ignore_index: int = IGNORE_INDEX,
+                           pad_value: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """VPD's ADE20K training pipeline on an RGB image and an already reduced label.
 
     ``img_scale`` defaults to ``(4 * s, s)`` with ``s = min(crop_size)``, i.e. mmseg's
     ``(2048, 512)`` for 512 crops. ``photometric=False`` skips the colour distortion (its random
-    draws are skipped too). Returns ``uint8 [ch, cw, 3]`` and ``uint8 [ch, cw]``.
+    draws are skipped too). ``pad_value`` is the uint8 colour of the padding: VPD normalises
+    first and pads 0, which is 127.5 here (128 is the nearest uint8, 1/255 from it); 0 pads black
+    (-1 after normalisation). Returns ``uint8 [ch, cw, 3]`` and ``uint8 [ch, cw]``.
     """
+    if not 0 <= int(pad_value) <= 255:
+        raise ConfigError(f"data.pad_value must be a uint8 colour in [0, 255], got {pad_value}.")
     crop_size = (int(crop_size[0]), int(crop_size[1]))
     if img_scale is None:
         s = min(crop_size)
@@ -294,7 +299,7 @@ def ade20k_train_transform(image: np.ndarray, label: np.ndarray, rng: np.random.
         image, label = hflip(image), hflip(label)
     if photometric:
         image = photometric_distortion(image, rng)
-    image = pad_to(image, crop_size, 0)
+    image = pad_to(image, crop_size, np.uint8(pad_value))
     label = pad_to(label, crop_size, ignore_index)
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 

@@ -36,8 +36,8 @@ class CenterCropValidation:
         c = model.config
         repl = sharding.replicated(mesh)
 
-        def predict(params, frozen, images):  # [B, h, w, 3] -> labels [B, h, w] or depth [B, h, w]
-            pred = model.predict(params, frozen, images).astype(jnp.float32)
+        def predict(params, frozen, images, scenes):  # [B, h, w, 3] -> labels [B, h, w] or depth [B, h, w]
+            pred = model.predict(params, frozen, images, scenes).astype(jnp.float32)
             if c.task != SEG:
                 return pred
             return jnp.argmax(resize_bilinear(pred, images.shape[1:3]), -1).astype(jnp.int32)
@@ -48,7 +48,8 @@ class CenterCropValidation:
                 logits = resize_bilinear(model.predict(params, frozen, batch["image"]).astype(jnp.float32),
                                          label.shape[1:3])
                 return acc + confusion_matrix(jnp.argmax(logits, -1), label, c.num_classes, c.ignore_index)
-            pred = model.predict(params, frozen, batch["image"]).astype(jnp.float32)
+            # the scene is used only by VPD's depth context (it conditions on the scene class)
+            pred = model.predict(params, frozen, batch["image"], batch.get("scene")).astype(jnp.float32)
             return jax.tree.map(jnp.add, acc, depth_metric_sums(pred, batch["depth"], min_depth, c.max_depth))
 
         self._step = Synchronized(jax.jit(step, out_shardings=repl, donate_argnums=(0,)), "validation step")
@@ -72,8 +73,8 @@ class CenterCropValidation:
         if count <= 0:
             return []
         batch = next(iter(self.dataset.val_batches(self.batch_size, sharding.process_rows(self.batch_size))))
-        images = sharding.global_batch(self.mesh, batch)["image"]
-        pred = np.asarray(jax.device_get(self._predict(params, frozen, images)))
+        placed = sharding.global_batch(self.mesh, batch)
+        pred = np.asarray(jax.device_get(self._predict(params, frozen, placed["image"], placed.get("scene"))))
         c = self.model.config
         out = []
         for i in range(min(count, len(batch["image"]), self.dataset.num_val)):

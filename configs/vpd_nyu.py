@@ -1,0 +1,28 @@
+"""VPD on NYUv2 depth (Zhao et al., ICCV 2023; github wl-zhao/VPD), rung 1 of the ablation ladder.
+
+  python -m iedp_jax.class_embeddings --config configs/vpd_nyu.py --workdir /ckpt/vpd_nyu \
+      --config.model.pretrained=/models/stable-diffusion-v1-5 \
+      --config.model.clip_vision=/models/clip-vit-large-patch14   # optional: else the first run does it
+  python -m iedp_jax.train --config configs/vpd_nyu.py --workdir /ckpt/vpd_nyu \
+      --config.model.pretrained=/models/stable-diffusion-v1-5 \
+      --config.model.clip_vision=/models/clip-vit-large-patch14 \
+      --config.data.data_dir=/data/nyu
+
+Published (VPD): RMSE 0.254 on the 654 official test images (Eigen crop, two 480 windows +
+flip). VPD's recipe: one context token per image, the adapted CLIP embedding (80 templates,
+pooled) of the image's scene class among VPD's 27 (scene folder names matched by VPD's substring
+rule), no cross-attention maps, unscaled VAE mean, the 480 crop padded to 512 and the neck
+cropped back, nearest upsampling of the coarsest level, VPD's one-cycle formula, 25 epochs at
+batch 24. One change from configs/nyu_implicit.py: ``model.context="vpd"``.
+
+VPD conditions on the ground-truth scene at test time too, so the official evaluation needs each
+test image's scene: the centre-crop validation at the end of training passes it; ``python -m
+iedp_jax.evaluate`` does once its runner passes ``batch["scene"]`` to ``model.predict``
+(docs/vpd-baseline.md). Remaining differences from VPD: docs/vpd-baseline.md.
+"""
+
+from iedp_jax.config import ladder_rung, sibling_config
+
+
+def get_config():
+    return ladder_rung(sibling_config(__file__, "nyu_implicit"), "vpd")
