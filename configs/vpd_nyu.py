@@ -1,11 +1,9 @@
 """VPD on NYUv2 depth (Zhao et al., ICCV 2023; github wl-zhao/VPD), rung 1 of the ablation ladder.
 
   python -m iedp_jax.class_embeddings --config configs/vpd_nyu.py --workdir /ckpt/vpd_nyu \
-      --config.model.pretrained=/models/stable-diffusion-v1-5 \
-      --config.model.clip_vision=/models/clip-vit-large-patch14   # optional: else the first run does it
+      --config.model.pretrained=/models/stable-diffusion-v1-5   # optional: else the first run does it
   python -m iedp_jax.train --config configs/vpd_nyu.py --workdir /ckpt/vpd_nyu \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
-      --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/nyu
 
 Published (VPD): RMSE 0.254 on the 654 official test images (Eigen crop, two 480 windows +

@@ -40,8 +40,14 @@ from iedp_jax.sd.tiny import write_tiny_backbone
 
 PyTree = Any
 
-def resolve_backbone(cfg: ConfigDict, workdir: Path) -> tuple[Path, Path]:
-    """The Stable Diffusion folder and the CLIP vision folder, or a clear error.
+def needs_image_tower(cfg: ConfigDict) -> bool:
+    """Only the implicit branch reads the CLIP image tower; VPD's context (``model.context="vpd"``) does not."""
+    return cfg.model.context != VPD_CONTEXT
+
+
+def resolve_backbone(cfg: ConfigDict, workdir: Path) -> tuple[Path, Path | None]:
+    """The Stable Diffusion folder and the CLIP vision folder (None when the config does not use
+    the image tower), or a clear error.
 
     With ``model.tiny_backbone`` a tiny random backbone is written (once) into the workdir.
     """
@@ -52,13 +58,15 @@ def resolve_backbone(cfg: ConfigDict, workdir: Path) -> tuple[Path, Path]:
         barrier("tiny backbone written")
         if jax.process_index() != 0:
             write_tiny_backbone(folder, seed=cfg.seed)  # checks what process 0 wrote
-        return folder, folder / "image_encoder"
+        return folder, (folder / "image_encoder" if needs_image_tower(cfg) else None)
     sd, clip = Path(cfg.model.pretrained).expanduser(), Path(cfg.model.clip_vision).expanduser()
     if not cfg.model.pretrained or not (sd / "unet").is_dir():
         raise ConfigError(
             f"model.pretrained={str(cfg.model.pretrained)!r} is not a Stable Diffusion folder: download "
             "stable-diffusion-v1-5 in diffusers format (unet/, vae/, text_encoder/, tokenizer/) and pass "
             "--config.model.pretrained=/path/to/it.")
+    if not needs_image_tower(cfg):
+        return sd, None
     if not cfg.model.clip_vision or not (clip / "config.json").is_file():
         raise ConfigError(
             f"model.clip_vision={str(cfg.model.clip_vision)!r} is not a CLIP folder: download "
@@ -115,11 +123,11 @@ def build_model(cfg: ConfigDict, dataset, workdir: Path) -> tuple[IEDP, PyTree, 
         raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.model.dtype!r}.")
     dtype = DTYPES[cfg.model.dtype]
     sd, clip = resolve_backbone(cfg, Path(workdir))
-    log_line(f"loading Stable Diffusion from {sd} and CLIP vision from {clip}")
+    log_line(f"loading Stable Diffusion from {sd}" + (f" and CLIP vision from {clip}" if clip else ""))
     unet, unet_params = load_unet(sd, dtype=dtype, param_dtype=jnp.float32, remat=cfg.model.remat)
     vae, vae_params = load_vae(sd, dtype=dtype)
     vae_params = {k: v for k, v in vae_params.items() if k in ("encoder", "quant_conv")}  # no decoder
-    vision, vision_params = load_clip_vision(clip, dtype=dtype)
+    vision, vision_params = load_clip_vision(clip, dtype=dtype) if clip else (None, None)
     text, text_params = load_clip_text(sd, dtype=dtype)
     tokenizer = load_tokenizer(sd)
     mcfg = to_model_config(cfg, dataset.task, dataset.num_classes, vae.config.scaling_factor)
@@ -127,7 +135,9 @@ def build_model(cfg: ConfigDict, dataset, workdir: Path) -> tuple[IEDP, PyTree, 
     prompts = class_prompt_table(tokenizer, dataset.class_names, template) if dataset.task == SEG else None
     scenes = scene_prompt_ids(tokenizer, dataset.scene_names, template) if dataset.task != SEG else None
     scene_classes = None
-    frozen = {"vae": vae_params, "clip_vision": vision_params, "clip_text": text_params}
+    frozen = {"vae": vae_params, "clip_text": text_params}
+    if vision is not None:
+        frozen["clip_vision"] = vision_params
     if needs_class_embeddings(cfg):
         names = embedding_class_names(cfg, dataset)
         frozen["class_embeddings"] = jnp.asarray(cached_class_embeddings(workdir, sd, names, text, text_params,

@@ -165,7 +165,7 @@ class IEDP:
     config: IEDPConfig
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    clip_vision: CLIPVisionTransformer
+    clip_vision: CLIPVisionTransformer | None  # None with context "vpd" (no implicit branch)
     clip_text: CLIPTextTransformer
     prompts: ClassPromptTable | None = None  # segmentation: class-name token table
     scene_ids: jax.Array | None = None       # depth: [S, L] one prompt per scene

@@ -154,3 +154,16 @@ def test_vpd_context_is_the_adapted_class_embeddings():
     np.testing.assert_allclose(got[:, 0], want, rtol=1e-6)
     with pytest.raises(InputError, match="scene"):
         depth.vpd_context(params, {"class_embeddings": table27}, 2, None)
+
+
+def test_vpd_context_needs_no_image_tower(tmp_path):
+    """VPD's rung reads no CLIP image tower: an empty ``model.clip_vision`` is accepted there and
+    refused by the implicit rung, which needs it."""
+    (tmp_path / "sd" / "unet").mkdir(parents=True)
+    vpd = load_config("vpd_ade")
+    vpd.model.pretrained, vpd.model.clip_vision = str(tmp_path / "sd"), ""
+    assert build.resolve_backbone(vpd, tmp_path) == (tmp_path / "sd", None)
+    implicit = load_config("ade_implicit")
+    implicit.model.pretrained, implicit.model.clip_vision = str(tmp_path / "sd"), ""
+    with pytest.raises(ConfigError, match="clip_vision"):
+        build.resolve_backbone(implicit, tmp_path)
