@@ -3,7 +3,8 @@
 At start, process 0 writes ``WORKDIR/config.json`` (the resolved config, every override
 included) and ``WORKDIR/run.json`` (task, class or scene names, package versions, git commit).
 ``python -m iedp_jax.evaluate`` / ``predict`` / ``export`` and :func:`iedp_jax.load_trained`
-rebuild the model from these alone: no ``--config`` and no dataset on disk.
+rebuild the model from these alone: no ``--config`` and no dataset on disk. The workdir may be a
+``gs://`` URL (:mod:`iedp_jax.infra.paths`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from etils import epath
 from ml_collections import ConfigDict
 
 from iedp_jax.config import base_config
 from iedp_jax.infra.errors import InputError
+from iedp_jax.infra.paths import as_path
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
@@ -60,17 +63,17 @@ def _git_commit() -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: epath.Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp.replace(path)
 
 
 def write_run_files(workdir: str | os.PathLike, cfg: ConfigDict, dataset: Any) -> None:
     """Writes ``config.json`` and ``run.json`` into ``workdir`` (process 0 only, atomically)."""
     if jax.process_index() != 0:
         return
-    workdir = Path(workdir)
+    workdir = as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _write_atomic(workdir / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
     run = {"task": dataset.task, "class_names": list(dataset.class_names), "scene_names": list(dataset.scene_names),
@@ -79,7 +82,7 @@ def write_run_files(workdir: str | os.PathLike, cfg: ConfigDict, dataset: Any) -
     _write_atomic(workdir / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
 
-def _merge(into: ConfigDict, saved: dict, path: Path, prefix: str = "") -> None:
+def _merge(into: ConfigDict, saved: dict, path: epath.Path, prefix: str = "") -> None:
     for key, value in saved.items():
         if key not in into:
             raise InputError(f"{path} has the key {prefix}{key}, which this version's config does not know: use "
@@ -95,7 +98,7 @@ def _merge(into: ConfigDict, saved: dict, path: Path, prefix: str = "") -> None:
 
 def read_config(workdir: str | os.PathLike) -> ConfigDict:
     """The config a run saved in ``workdir``, on the current schema."""
-    path = Path(workdir) / CONFIG_FILE
+    path = as_path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise InputError(f"{path} does not exist: pass the workdir of a training run (it writes {CONFIG_FILE} "
                          "at start), or give --config with the training overrides.")
@@ -106,7 +109,7 @@ def read_config(workdir: str | os.PathLike) -> ConfigDict:
 
 def read_dataset_info(workdir: str | os.PathLike) -> DatasetInfo:
     """The task and class / scene names the run trained on."""
-    path = Path(workdir) / RUN_FILE
+    path = as_path(workdir) / RUN_FILE
     if not path.is_file():
         raise InputError(f"{path} does not exist: pass the workdir of a training run (it writes {RUN_FILE} at "
                          "start).")

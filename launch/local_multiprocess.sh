@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs N copies of a command on this machine as one multi-process JAX job (for testing
-# multi-host code on CPU). Each copy gets IEDP_COORDINATOR_ADDRESS, IEDP_NUM_PROCESSES and
-# IEDP_PROCESS_ID, which iedp_jax.infra.distributed passes to jax.distributed.initialize().
+# multi-host code on CPU). Each copy gets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+# JAX_PROCESS_ID, which iedp_jax.infra.distributed passes to jax.distributed.initialize().
 #
 #   launch/local_multiprocess.sh [-n NUM_PROCESSES] [-d DEVICES_PER_PROCESS] [-p PORT] -- COMMAND ARGS...
 #
@@ -61,8 +61,8 @@ if ! is_uint "$port" || ((port < 1 || port > 65535)); then
   echo "$prog: -p must be a port number, got '$port'." >&2; exit 2
 fi
 
-export IEDP_COORDINATOR_ADDRESS="localhost:$port"
-export IEDP_NUM_PROCESSES="$num_processes"
+export JAX_COORDINATOR_ADDRESS="localhost:$port"
+export JAX_NUM_PROCESSES="$num_processes"
 if [[ -n $devices ]]; then
   export JAX_PLATFORMS=cpu
   export XLA_FLAGS="--xla_force_host_platform_device_count=$devices${XLA_FLAGS:+ $XLA_FLAGS}"
@@ -106,7 +106,7 @@ trap 'echo "$prog: terminated; stopping all processes." >&2; stop_all; exit 143'
 run_one() {  # run_one INDEX COMMAND...: runs COMMAND with stdout+stderr prefixed "[p INDEX] ".
   local index=$1
   shift
-  export IEDP_PROCESS_ID="$index"
+  export JAX_PROCESS_ID="$index"
   # Outlive INT/TERM (a no-op trap, reset to the default in the command) so that this shell
   # exits only after the command and its output filter are done.
   trap ':' INT TERM
@@ -119,7 +119,7 @@ run_one() {  # run_one INDEX COMMAND...: runs COMMAND with stdout+stderr prefixe
   }
 }
 
-echo "$prog: $num_processes processes, coordinator $IEDP_COORDINATOR_ADDRESS${devices:+, $devices CPU devices each}" >&2
+echo "$prog: $num_processes processes, coordinator $JAX_COORDINATOR_ADDRESS${devices:+, $devices CPU devices each}" >&2
 for ((i = 0; i < num_processes; i++)); do
   run_one "$i" "$@" &
   pids+=("$!")

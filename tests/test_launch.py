@@ -24,7 +24,8 @@ SCRIPT_VARS = [*TPU_REQUIRED, "BUCKET", "MOUNT_POINT", "RUN_NAME", "WORKDIR", "S
                "RUNTIME_VERSION", "CONFIG", "EXTRA_ARGS", "REPO_URL", "REPO_REF", "REMOTE_DIR",
                "PYTHON_VERSION", "SKIP_SETUP", "SPOT", "DETACH", "DRY_RUN", "VENV",
                "PORT", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-               "IEDP_COORDINATOR_ADDRESS", "IEDP_NUM_PROCESSES", "IEDP_PROCESS_ID"]
+               "IEDP_COORDINATOR_ADDRESS", "IEDP_NUM_PROCESSES", "IEDP_PROCESS_ID", "IEDP_DISTRIBUTED",
+               "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -233,7 +234,7 @@ def test_gpu_slurm_runs_one_process_per_task(tmp_path):
     stubs = {
         "scontrol": "printf 'node-a\\nnode-b\\n'\n",
         "srun": 'shift; for i in 0 1; do SLURM_PROCID=$i "$@" || exit $?; done\n',
-        "python": 'echo "ARGS $* ENV $IEDP_COORDINATOR_ADDRESS $IEDP_NUM_PROCESSES $IEDP_PROCESS_ID"\n',
+        "python": 'echo "ARGS $* ENV $JAX_COORDINATOR_ADDRESS $JAX_NUM_PROCESSES $JAX_PROCESS_ID"\n',
     }
     for name, body in stubs.items():
         (tmp_path / name).write_text("#!/usr/bin/env bash\n" + body)
@@ -256,8 +257,8 @@ def test_local_multiprocess_without_a_command_prints_usage():
 
 
 def test_local_multiprocess_sets_the_environment_and_prefixes_output():
-    code = ("import os; print(os.environ['IEDP_PROCESS_ID'], os.environ['IEDP_NUM_PROCESSES'], "
-            "os.environ['IEDP_COORDINATOR_ADDRESS'])")
+    code = ("import os; print(os.environ['JAX_PROCESS_ID'], os.environ['JAX_NUM_PROCESSES'], "
+            "os.environ['JAX_COORDINATOR_ADDRESS'])")
     r = run([str(LAUNCH / "local_multiprocess.sh"), "-n", "3", "--", sys.executable, "-c", code])
     assert r.returncode == 0, r.stderr
     lines = sorted(r.stdout.splitlines())
@@ -272,7 +273,7 @@ def test_local_multiprocess_sets_the_environment_and_prefixes_output():
 
 def test_local_multiprocess_fake_devices_and_port():
     code = ("import os; print(os.environ['JAX_PLATFORMS'], os.environ['XLA_FLAGS'], "
-            "os.environ['IEDP_COORDINATOR_ADDRESS'])")
+            "os.environ['JAX_COORDINATOR_ADDRESS'])")
     env = clean_env(XLA_FLAGS="--xla_dump_to=/tmp/none")
     r = run([str(LAUNCH / "local_multiprocess.sh"), "-n", "2", "-d", "4", "-p", "23456", "--",
              sys.executable, "-c", code], env)
@@ -282,7 +283,7 @@ def test_local_multiprocess_fake_devices_and_port():
 
 
 def test_local_multiprocess_stops_everything_when_one_process_fails():
-    code = ("import os,sys,time; i=int(os.environ['IEDP_PROCESS_ID']); "
+    code = ("import os,sys,time; i=int(os.environ['JAX_PROCESS_ID']); "
             "time.sleep(0 if i==1 else 30); sys.exit(3 if i==1 else 0)")
     start = time.monotonic()
     r = run([str(LAUNCH / "local_multiprocess.sh"), "-n", "3", "--", sys.executable, "-c", code], timeout=25)

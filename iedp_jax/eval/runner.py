@@ -10,6 +10,9 @@
 - :func:`evaluate_checkpoint`: restores a checkpoint of a workdir (:func:`restore_model`) and
   runs the protocol (what ``python -m iedp_jax.evaluate`` calls).
 
+An image that cannot be read (a corrupt or missing file) is reported with one line and skipped:
+its row becomes padding, and ``num_unreadable`` / ``unreadable`` in the results say which.
+
 Segmentation: logits resized bilinearly to the label, argmax, a confusion matrix summed over
 batches -> mIoU / aAcc / mAcc / per-class IoU. Depth: per-image metric sums -> RMSE, AbsRel,
 log10, delta1-3 (and SqRel, RMSE-log). Padding rows carry the ignore label or zero depth and
@@ -28,7 +31,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
+from PIL import Image
 
 from iedp_jax.build import abstract_params, build_model
 from iedp_jax.data.catalog import make_dataset, task_of
@@ -38,15 +43,19 @@ from iedp_jax.eval.windows import depth_windows, segmentation_pass
 from iedp_jax.infra import sharding, visualize
 from iedp_jax.infra.checkpoint import resolve_checkpoint, restore_params
 from iedp_jax.infra.compile import Synchronized
-from iedp_jax.infra.errors import DatasetError
+from iedp_jax.infra.errors import DatasetError, UserError
 from iedp_jax.infra.logs import log_line, progress, write_results
 from iedp_jax.infra.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
+from iedp_jax.infra.paths import as_path
 from iedp_jax.infra.threads import config_threads
 from iedp_jax.model import IEDP, SEG
 
 PyTree = Any
 
 HEADLINE = {"seg": ("mIoU", "aAcc"), "depth": ("rmse", "abs_rel", "delta1")}
+# What reading one damaged or missing image file raises (PIL: OSError / SyntaxError / EOFError;
+# our readers: a UserError); anything else is a bug and stops the run.
+UNREADABLE = (OSError, SyntaxError, EOFError, Image.DecompressionBombError, UserError)
 
 
 def zero_metrics(num_classes: int | None) -> PyTree:
@@ -163,30 +172,66 @@ class ProtocolBatch:
     acc: PyTree                        # the metrics accumulator after this batch
 
 
+def _why(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _sizes(source: DataSource, n: int, unreadable: dict[int, str]) -> list[tuple[int, int]]:
+    """The (H, W) of images ``0..n-1`` from their headers; an unreadable one is recorded in
+    ``unreadable`` and planned at 1 x 1 (its row will be padding)."""
+    sizes = []
+    for i in range(n):
+        try:
+            sizes.append(tuple(source.val_size(i)))
+        except UNREADABLE as e:
+            unreadable[i] = _why(e)
+            sizes.append((1, 1))
+    return sizes
+
+
 def protocol_batches(model: IEDP, params: PyTree, frozen: PyTree, source: DataSource, n: int, mesh,
-                     cfg: ConfigDict, steps: ProtocolSteps | None = None, desc: str = "eval"
-                     ) -> Iterator[ProtocolBatch]:
+                     cfg: ConfigDict, steps: ProtocolSteps | None = None, desc: str = "eval",
+                     unreadable: dict[int, str] | None = None) -> Iterator[ProtocolBatch]:
     """Runs the protocol of ``cfg.eval`` over images ``0..n-1`` of ``source`` (``val_size``,
     ``val_image``: a labelled split, or images with placeholder labels), batched over all devices,
     and yields each batch with its predictions at the images' own size (the top-left
     ``group.sizes[i]`` of a row). Groups are landscape / portrait images, each one compiled shape;
     ``steps`` (from :func:`make_protocol_steps`) can be kept to reuse compilations across runs.
-    Each batch's ``acc`` is donated to the next step: only the last one is valid afterwards."""
+    Each batch's ``acc`` is donated to the next step: only the last one is valid afterwards.
+    With ``unreadable`` (a dict), an image that cannot be read is recorded there (index -> why;
+    this process's rows and every header) and scored as padding, its ``local`` entry -1; without
+    it, the error propagates."""
     c = model.config
     protocol = protocol_from_config(cfg, c.task)
     batch_size = sharding.batch_per_step(cfg.eval.batch_size, mesh, "eval.batch_size")
     rows = sharding.process_rows(batch_size)
-    groups = plan_groups([source.val_size(i) for i in range(n)], protocol)
+    skip = unreadable is not None
+    unreadable = {} if unreadable is None else unreadable
+    groups = plan_groups(_sizes(source, n, unreadable) if skip else [source.val_size(i) for i in range(n)],
+                         protocol)
     steps = steps or make_protocol_steps(model, protocol, mesh, float(cfg.data.min_depth))
     acc = jax.device_put(zero_metrics(c.num_classes if c.task == SEG else None), sharding.replicated(mesh))
     total = sum(-(-len(g.indices) // batch_size) for g in groups)
     threads = max(1, config_threads(cfg.data.num_workers))
+
+    def read_row(i: int, group: ShapeGroup):
+        if i in unreadable:
+            return build_row(source, group, protocol, -1, c.ignore_index)
+        try:
+            return build_row(source, group, protocol, i, c.ignore_index)
+        except UNREADABLE as e:
+            if not skip:
+                raise
+            unreadable[i] = _why(e)
+            return build_row(source, group, protocol, -1, c.ignore_index)
+
     with ThreadPoolExecutor(threads, thread_name_prefix="iedp-eval") as pool, \
             progress(total, f"{desc} ({protocol.mode})", "batch") as bar:
         for group in groups:
             for chunk in batch_indices(group, batch_size):
-                local = chunk[rows]
-                made = list(pool.map(lambda i, g=group: build_row(source, g, protocol, i, c.ignore_index), local))
+                local = list(chunk[rows])
+                made = list(pool.map(lambda i, g=group: read_row(i, g), local))
+                local = [-1 if i in unreadable else i for i in local]
                 host = {k: np.stack([row[k] for row, _ in made]) for k in made[0][0]}
                 acc, pred = _score_batch(steps, model, protocol, acc, params, frozen,
                                          sharding.global_batch(mesh, host), group, batch_size)
@@ -206,15 +251,32 @@ def run_protocol(model: IEDP, params: PyTree, frozen: PyTree, dataset: DataSourc
     if n == 0:
         raise DatasetError("the validation split is empty: nothing to evaluate.")
     num_vis = int(cfg.eval.num_visualizations)
-    image_dir = Path(out_dir) / "images" if out_dir is not None else None
-    acc = None
-    for batch in protocol_batches(model, params, frozen, dataset, n, mesh, cfg):
+    image_dir = as_path(out_dir) / "images" if out_dir is not None else None
+    acc, unreadable = None, {}
+    for batch in protocol_batches(model, params, frozen, dataset, n, mesh, cfg, unreadable=unreadable):
         acc = batch.acc
         wanted = [(r, i) for r, i in enumerate(batch.local) if 0 <= i < num_vis]
         if wanted and image_dir is not None:
             _write_panels(image_dir, dataset, model, batch.pred, wanted, batch.examples, batch.group)
+    skipped = _all_unreadable(unreadable, n)
+    if len(skipped) == n:
+        raise DatasetError(f"none of the {n} validation images can be read (the first: {dataset.val_name(skipped[0])}, "
+                           f"{unreadable.get(skipped[0], '?')}): check the dataset copy.")
+    for i in skipped:
+        why = unreadable.get(i, "unreadable on another process")
+        log_line(f"skipped validation image {dataset.val_name(i)}: {why}")
     return {**finalize(acc, c.task, dataset.class_names), "mode": protocol.mode, "protocol": protocol.describe(),
-            "num_images": n}
+            "num_images": n - len(skipped), "num_unreadable": len(skipped),
+            "unreadable": [dataset.val_name(i) for i in skipped]}
+
+
+def _all_unreadable(unreadable: dict[int, str], n: int) -> list[int]:
+    """The unreadable image indices of every process (each knows only the rows it read)."""
+    mask = np.zeros(n, np.int32)
+    mask[list(unreadable)] = 1
+    if jax.process_count() > 1:
+        mask = np.asarray(multihost_utils.process_allgather(mask)).max(axis=0)
+    return [int(i) for i in np.flatnonzero(mask)]
 
 
 # ------------------------------------------------------------------------------ from a workdir
@@ -253,7 +315,7 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
     Returns:
       The metrics, with ``step``, ``checkpoint``, ``mode``, ``protocol`` and ``num_images``.
     """
-    workdir = Path(workdir)
+    workdir = as_path(workdir)  # local or gs://
     directory, step = resolve_checkpoint(workdir, checkpoint)
     protocol_from_config(config, task_of(config.data.name))  # a bad eval section fails before any load
     mesh = mesh or sharding.make_mesh(tuple(config.mesh.shape))

@@ -3,12 +3,18 @@
 Orbax writes each step into a temporary folder and renames it when complete, so a run killed
 mid-save leaves the previous checkpoint intact and the partial one is ignored on restore.
 Restoring takes the abstract state with its shardings, so arrays come back born sharded.
+
+Once orbax has finalised a step, process 0 records the size of every file in it
+(``STEP/iedp_manifest.json``). A step whose files no longer match (truncated or lost, e.g. by a
+full disk or a partial copy) is damaged: training skips it with a warning naming the file and
+resumes from the previous step, keeping it as ``STEP.damaged`` (nothing is deleted but by
+orbax's keep-N policy). Folders may be ``gs://`` URLs (:mod:`iedp_jax.infra.paths`).
 """
 
 from __future__ import annotations
 
+import json
 import os
-from pathlib import Path
 from typing import Any
 
 import grain
@@ -16,17 +22,62 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
+from iedp_jax.infra.distributed import barrier
 from iedp_jax.infra.errors import ConfigError, InputError
+from iedp_jax.infra.logs import log_line
+from iedp_jax.infra.paths import as_path
 from iedp_jax.infra.sharding import replicated
 
 PyTree = Any
 
 
 ITEMS = ("state", "data", "meta")
+MANIFEST = "iedp_manifest.json"
 
 
-def _manager(directory: Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+def _files(step_dir: epath.Path) -> dict[str, int]:
+    """Every file under ``step_dir`` (the manifest excepted) and its size in bytes."""
+    out, todo = {}, [step_dir]
+    while todo:  # (epath refuses rglob on cloud paths; a step has a few dozen files)
+        for f in todo.pop().iterdir():
+            if f.is_dir():
+                todo.append(f)
+            elif f.name != MANIFEST:
+                out[str(f.relative_to(step_dir))] = f.stat().length
+    return out
+
+
+def write_manifest(step_dir: epath.Path) -> None:
+    """Records the size of every file of a finalised step (atomically: a temp file, renamed)."""
+    tmp = step_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": _files(step_dir)}, sort_keys=True))
+    tmp.rename(step_dir / MANIFEST)
+
+
+def damage(step_dir: epath.Path) -> str | None:
+    """What is wrong with a step folder (a file missing, or of another size than when it was
+    saved), None when it matches its manifest or has none (saved by an older release, or the
+    run died between orbax's commit and the manifest)."""
+    manifest = step_dir / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        expected = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"its manifest {manifest} is unreadable"
+    for name, size in sorted(expected.items()):
+        f = step_dir / name
+        if not f.exists():
+            return f"{f} is missing"
+        got = f.stat().length
+        if got != size:
+            return f"{f} has {got} bytes, {size} when saved"
+    return None
+
+
+def _manager(directory: epath.Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
     """The one orbax layout: items ``state``, ``data`` and ``meta`` under step folders."""
     return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
@@ -42,15 +93,50 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, every: int, keep: int = 3) -> None:
         if every <= 0:
             raise ConfigError(f"train.ckpt_every must be positive, got {every}.")
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)
+        self._saved: set[int] = set()  # steps this run saved (only these get a manifest)
         self.manager = _manager(self.directory, ocp.CheckpointManagerOptions(
-            save_interval_steps=every, max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+            save_interval_steps=every, max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifests)))
+
+    def _write_manifests(self) -> None:
+        """After orbax finalises a save (its background thread): manifests for this run's steps."""
+        if jax.process_index() != 0:
+            return
+        for step in sorted(self._saved):
+            step_dir = self.directory / str(step)
+            try:
+                if step_dir.is_dir() and not (step_dir / MANIFEST).exists():
+                    write_manifest(step_dir)
+            except OSError as e:  # a manifest is a safeguard: never fail a run over it
+                log_line(f"warning: could not write {step_dir / MANIFEST}: {e}")
 
     def latest_step(self) -> int | None:
+        """The newest undamaged step (None when there is none).
+
+        A damaged step (see :func:`damage`) is skipped with a warning naming the file, and
+        process 0 renames it ``STEP.damaged`` so that this run can save that step again.
+        """
+        damaged = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            why = damage(self.directory / str(step))
+            if why is None:
+                break
+            damaged.append((step, why))
+        if not damaged:
+            return self.manager.latest_step()
+        barrier("checked checkpoints")  # every process has read the folders before any is moved
+        if jax.process_index() == 0:
+            for step, why in damaged:
+                kept = _keep_aside(self.directory / str(step))
+                log_line(f"warning: the checkpoint of step {step} is damaged ({why}): skipped, kept as {kept}")
+        barrier("moved damaged checkpoints")
+        self.manager.reload()
         return self.manager.latest_step()
 
     def save(self, step: int, state: PyTree, data_iterator: Any, meta: dict, force: bool = False) -> bool:
         """Starts an (asynchronous) save if ``step`` is due or ``force``; True when it saves."""
+        self._saved.add(int(step))  # before: the finalisation callback may run before save returns
         return self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
             meta=ocp.args.JsonSave(meta)), force=force)
@@ -77,7 +163,18 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        self._write_manifests()
         self.manager.close()
+
+
+def _keep_aside(step_dir: epath.Path) -> epath.Path:
+    """Renames a damaged step folder out of orbax's sight (``STEP.damaged``, numbered if taken)."""
+    target, n = step_dir.with_name(f"{step_dir.name}.damaged"), 1
+    while target.exists():
+        n += 1
+        target = step_dir.with_name(f"{step_dir.name}.damaged{n}")
+    step_dir.rename(target)
+    return target
 
 
 class BestCheckpointer:
@@ -89,7 +186,7 @@ class BestCheckpointer:
     def __init__(self, directory: str | os.PathLike, metric: str, mode: str) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
-        self.directory, self.metric = Path(directory).absolute(), metric
+        self.directory, self.metric = as_path(directory), metric
         self.manager = _manager(self.directory, ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda m: m[metric], best_mode=mode, create=True, cleanup_tmp_directories=True))
 
@@ -112,35 +209,52 @@ def abstract_like(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _step_folders(folder: Path) -> list[int]:
+def _step_folders(folder: epath.Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def _latest_undamaged(folder: epath.Path, steps: list[int]) -> int | None:
+    """The newest of ``steps`` in ``folder`` that is not damaged; each damaged one is a warning."""
+    for step in reversed(steps):
+        why = damage(folder / str(step))
+        if why is None:
+            return step
+        log_line(f"warning: the checkpoint of step {step} is damaged ({why}): skipped")
+    return None
+
+
 def resolve_checkpoint(workdir: str | os.PathLike, checkpoint: str | os.PathLike | None = None
-                       ) -> tuple[Path, int]:
-    """``(checkpoints folder, step)``: the latest step of ``workdir/checkpoints``, or ``checkpoint``
-    (a step folder such as ``.../checkpoints/2000``, or a folder of step folders). A missing
-    folder or one without a checkpoint is a ``FileNotFoundError`` of one sentence."""
-    workdir = Path(workdir)
-    default = workdir / "checkpoints"
+                       ) -> tuple[epath.Path, int]:
+    """``(checkpoints folder, step)``: the latest undamaged step of ``workdir/checkpoints``, or
+    ``checkpoint`` (a step folder such as ``.../checkpoints/2000``, or a folder of step folders).
+    A missing folder, one without a checkpoint, or a damaged step folder is an ``InputError`` of
+    one sentence."""
+    default = as_path(workdir) / "checkpoints"
     if checkpoint:
-        path = Path(checkpoint).expanduser()
+        path = as_path(checkpoint)
         if not path.is_dir():
             raise InputError(
                 f"the checkpoint folder {path} does not exist: pass a step folder such as {default / '2000'}, "
                 f"or leave --checkpoint out to use the latest checkpoint in {default}.")
         if path.name.isdigit():
+            if why := damage(path):
+                raise InputError(f"the checkpoint {path} is damaged ({why}): pass an earlier step folder.")
             return path.parent, int(path.name)
         steps = _step_folders(path)
         if not steps:
             raise InputError(f"{path} is neither a checkpoint step folder (named by its step, e.g. "
                                     f"{path / '2000'}) nor a folder holding them.")
-        return path, steps[-1]
-    steps = _step_folders(default) if default.is_dir() else []
-    if not steps:
-        raise InputError(f"there is no checkpoint in {default}: train into this workdir first "
-                                "or pass --checkpoint=PATH/TO/checkpoints/STEP.")
-    return default, steps[-1]
+        folder = path
+    else:
+        steps, folder = (_step_folders(default) if default.is_dir() else []), default
+        if not steps:
+            raise InputError(f"there is no checkpoint in {default}: train into this workdir first "
+                             "or pass --checkpoint=PATH/TO/checkpoints/STEP.")
+    step = _latest_undamaged(folder, steps)
+    if step is None:
+        raise InputError(f"every checkpoint in {folder} is damaged (see the warnings above): train again or "
+                         "restore the folder from a copy.")
+    return folder, step
 
 
 def restore_params(directory: str | os.PathLike, step: int, abstract_params: PyTree) -> tuple[PyTree, int]:
@@ -156,7 +270,7 @@ def restore_params(directory: str | os.PathLike, step: int, abstract_params: PyT
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # orbax warns "Given directory is read only" on every read
     try:
-        manager = _manager(Path(directory).absolute(), options)
+        manager = _manager(as_path(directory), options)
     finally:
         logging.set_verbosity(verbosity)
     mesh = jax.tree.leaves(abstract_params)[0].sharding.mesh

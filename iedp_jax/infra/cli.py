@@ -8,6 +8,7 @@ defined only when an entry point runs, never on import."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,20 @@ from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from iedp_jax.infra import distributed
-from iedp_jax.infra.errors import UserError
+from iedp_jax.infra.errors import ConfigError, UserError
+
+
+def require_sizes(config: ConfigDict, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """Checks size fields of ``config`` (dotted keys; a tuple field checks every entry): a zero or
+    negative size is a :class:`ConfigError` naming the flag, before anything is loaded."""
+    for keys, low, words in ((positive, 1, "positive"), (non_negative, 0, "zero or positive")):
+        for key in keys:
+            value = config
+            for part in key.split("."):
+                value = value[part]
+            entries = value if isinstance(value, (tuple, list)) else (value,)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in entries):
+                raise ConfigError(f"--config.{key}={value!r} must be {words} (whole numbers).")
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:
@@ -82,4 +96,14 @@ def run(main: Callable[[ConfigDict, str, dict], None], extra_flags: Callable[[],
 
         _exit_on_user_error(prefix, user_errors, start)
 
-    app.run(_main, argv=argv)
+    def _parse(args: list[str]) -> list[str]:
+        try:
+            return app.parse_flags_with_usage(args)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:  # an override the config cannot take
+            if os.environ.get("IEDP_TRACEBACK") == "1":
+                raise
+            why = " ".join(re.sub(r"\\n|\\'|\\\"", " ", str(e)).replace("'", "").split())
+            raise SystemExit(f"[{prefix}] a --config override does not fit the config ({why}): the keys and "
+                             "their types are those of the config file.") from None
+
+    app.run(_main, argv=argv, flags_parser=_parse)

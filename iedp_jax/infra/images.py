@@ -21,9 +21,18 @@ def _name(file: File) -> str:
     return str(file) if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "<bytes>")
 
 
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N")  # 16-bit grey (older PIL: mode I for a PNG)
+
+
 def load_rgb(file: File) -> np.ndarray:
-    """A JPEG/PNG as uint8 RGB ``[H, W, 3]`` (grey and palette images are converted)."""
+    """A JPEG/PNG as uint8 RGB ``[H, W, 3]``: grey, palette and CMYK images are converted, alpha
+    is dropped, and 16-bit grey is scaled to 8 bits (``round(v / 257)``; PIL's own conversion
+    clips every value above 255 to white)."""
     with Image.open(file) as im:
+        if im.mode in _WIDE_GREY or (im.mode == "I" and im.format == "PNG"):
+            wide = np.asarray(im).astype(np.float64)
+            grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=-1)
         return np.asarray(im.convert("RGB"))
 
 

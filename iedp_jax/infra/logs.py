@@ -15,6 +15,8 @@ import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
+from iedp_jax.infra.paths import as_path
+
 
 def log_line(msg: str) -> None:
     """One line of progress on stderr, from process 0 only."""
@@ -35,9 +37,9 @@ def write_results(results: Mapping[str, Any], paths: Sequence[str | os.PathLike]
     ``<label>: k1=v1, k2=v2 -> <first path>``."""
     if jax.process_index() == 0:
         text = json.dumps(results, indent=2)
-        for path in paths:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+        for path in map(as_path, paths):  # local or gs://
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
     log_line(f"{label}: " + ", ".join(f"{k}={results[k]:.4f}" for k in headline) + f" -> {paths[0]}")
 
 

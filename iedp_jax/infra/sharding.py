@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from iedp_jax.infra.errors import ConfigError
@@ -24,7 +24,11 @@ BATCH_AXES = (DATA, FSDP)
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ``('data', 'fsdp')`` mesh; one entry may be -1 to take the remaining devices."""
+    """A ``('data', 'fsdp')`` mesh; one entry may be -1 to take the remaining devices.
+
+    Built by ``jax.make_mesh``, which orders the devices by the physical topology (TPU torus,
+    NVLink domains), so ``fsdp`` neighbours are near each other; the axes are ``Auto`` (sharding
+    by ``NamedSharding`` + ``jit``, not explicit-sharding types)."""
     devices = list(devices if devices is not None else jax.devices())
     shape = list(shape)
     if len(shape) != 2:
@@ -39,7 +43,7 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
     if int(np.prod(shape)) != len(devices):
         raise ConfigError(f"mesh.shape {shape} needs {int(np.prod(shape))} devices but "
                          f"{len(devices)} are available: use -1 for one axis.")
-    return Mesh(np.asarray(devices).reshape(shape), (DATA, FSDP))
+    return jax.make_mesh(tuple(shape), (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
 def leaf_spec(shape: Sequence[int], fsdp: int, min_size: int = 2**12) -> P:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw, ImageFont
+
+from iedp_jax.infra.paths import as_path
 
 __all__ = [
     "ADE20K_PALETTE",
@@ -146,17 +148,19 @@ def side_by_side(panels: Sequence[np.ndarray], gap: int = 4, gap_colour: Sequenc
     return np.concatenate(parts, axis=1)
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Writes a uint8 ``[H, W, 3]`` (or ``[H, W]``) array as a PNG, creating the folder."""
-    path = Path(path)
+def save_png(path: str | os.PathLike, image: np.ndarray) -> epath.Path:
+    """Writes a uint8 ``[H, W, 3]`` (or ``[H, W]``) array as a PNG, creating the folder (local
+    or ``gs://``)."""
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(image, np.uint8)).save(path, format="PNG")
+    with path.open("wb") as f:
+        Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
     return path
 
 
 def write_segmentation_panel(path: str | os.PathLike, image: np.ndarray, pred: np.ndarray,
                              label: np.ndarray | None, colours: np.ndarray, alpha: float = 0.5,
-                             ignore_index: int = 255, gap: int = 4) -> Path:
+                             ignore_index: int = 255, gap: int = 4) -> epath.Path:
     """``image | prediction overlay | ground-truth overlay`` (the last left out without a label)."""
     panels = [image, overlay_labels(image, pred, colours, alpha, ignore_index)]
     if label is not None:
@@ -166,7 +170,7 @@ def write_segmentation_panel(path: str | os.PathLike, image: np.ndarray, pred: n
 
 def write_depth_panel(path: str | os.PathLike, image: np.ndarray, pred: np.ndarray,
                       gt: np.ndarray | None, vmin: float | None = None, vmax: float | None = None,
-                      gap: int = 4) -> Path:
+                      gap: int = 4) -> epath.Path:
     """``image | predicted depth | ground-truth depth`` on one colour scale (by default the range
     of the valid ground truth, else of the prediction); invalid ground truth is black."""
     if gt is not None and vmin is None and vmax is None:

@@ -1,0 +1,83 @@
+"""Cloud paths: a ``gs://`` workdir or output reaches orbax and ``etils.epath`` as the URL it is
+(``pathlib`` would turn ``gs://b/run`` into the local folder ``gs:/b/run``); local paths keep
+working. Nothing here touches the network: orbax and the file calls are captured."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from etils import epath
+
+from iedp_jax.infra import checkpoint, lock, logs, visualize
+from iedp_jax.infra.paths import as_path, is_url
+
+URL = "gs://my-bucket/runs/ade"
+
+
+def test_as_path_keeps_urls_and_makes_local_paths_absolute(tmp_path, monkeypatch):
+    assert str(as_path(URL)) == URL and is_url(URL) and isinstance(as_path(URL), epath.Path)
+    assert str(as_path(epath.Path(URL) / "checkpoints")) == URL + "/checkpoints"
+    monkeypatch.chdir(tmp_path)
+    assert str(as_path("runs/a")) == os.path.join(str(tmp_path), "runs", "a") and not is_url("runs/a")
+
+
+def test_a_gs_workdir_reaches_orbax_unchanged(monkeypatch):
+    seen = []
+
+    class Manager:  # stands in for orbax's CheckpointManager: records where it was pointed
+        def __init__(self, directory, options=None, item_names=None):
+            seen.append((directory, options))
+
+        def all_steps(self):
+            return []
+
+        def latest_step(self):
+            return None
+
+    monkeypatch.setattr(ocp, "CheckpointManager", Manager)
+    ckpt = checkpoint.Checkpointer(URL + "/checkpoints", every=2)
+    assert ckpt.latest_step() is None
+    best = checkpoint.BestCheckpointer(URL + "/best", "mIoU", "max")
+    (a, opts), (b, _) = seen
+    assert isinstance(a, epath.Path) and str(a) == URL + "/checkpoints" and str(b) == URL + "/best"
+    assert opts.async_options.post_finalization_callback is not None  # the manifest writer
+    assert str(ckpt.directory / "4" / checkpoint.MANIFEST) == URL + "/checkpoints/4/" + checkpoint.MANIFEST
+    del best
+
+
+def test_results_pngs_and_the_lock_go_through_epath(monkeypatch, tmp_path):
+    """Every write of a results file, a PNG and the workdir lock is an epath call on the URL."""
+    store: dict[str, bytes] = {}
+
+    class Writer:
+        def __init__(self, name):
+            self.name = name
+
+        def write(self, data):
+            store[self.name] = store.get(self.name, b"") + (data.encode() if isinstance(data, str) else bytes(data))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    gpath = type(as_path(URL))  # the class epath uses for gs:// (and, here, for every path)
+    monkeypatch.setattr(gpath, "mkdir", lambda self, *a, **k: None)
+    monkeypatch.setattr(gpath, "write_text", lambda self, text, *a, **k: store.__setitem__(str(self), text.encode()))
+    monkeypatch.setattr(gpath, "exists", lambda self: str(self) in store)
+    monkeypatch.setattr(gpath, "open", lambda self, mode="r", *a, **k: Writer(str(self)))
+    logs.write_results({"mIoU": 0.5}, [URL + "/eval/results.json"], ("mIoU",), "test")
+    visualize.save_png(URL + "/eval/images/0.png", np.zeros((2, 3, 3), np.uint8))
+    path = lock.acquire(URL)
+    assert json.loads(store[URL + "/eval/results.json"]) == {"mIoU": 0.5}
+    assert store[URL + "/eval/images/0.png"].startswith(b"\x89PNG")
+    assert str(path) == URL + "/run.lock" and json.loads(store[URL + "/run.lock"])["pid"] == os.getpid()
+    with pytest.raises(lock.WorkdirLocked):  # the object store has no O_EXCL, but a held lock still stops
+        monkeypatch.setattr(gpath, "read_text", lambda self, *a, **k: store[str(self)].decode())
+        monkeypatch.setattr(lock, "_pid_alive", lambda pid: True)
+        lock.acquire(URL)
