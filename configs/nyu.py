@@ -56,4 +56,5 @@ def get_config():
     c.eval.crop = (480, 480)          # VPD test: two 480-wide windows (x = 0, 160) + flip
     c.eval.stride = (160, 160)
     c.eval.flip = True
+    c.eval.clip_depth = False         # VPD scores its sigmoid * 10 output unclipped
     return c

@@ -100,6 +100,7 @@ def base_config() -> ConfigDict:
         img_scale=(),             # segmentation test resize (long, short); () = (4 s, s), s = min(crop)
         scales=(1.0, 1.25, 1.5),  # multiscale: ratios of img_scale
         flip=True,                # flip averaging: segmentation in multiscale mode; depth always
+        clip_depth=True,          # depth: clip predictions to (min_depth, max_depth) as BTS; VPD: False
         num_images=0,             # only the first N validation images; 0 = all
         num_visualizations=8,     # image | prediction | ground truth PNGs in WORKDIR/eval/images
         batch_size=0,             # images per step, split over all devices; 0 = one per device

@@ -29,8 +29,8 @@ from iedp_jax.eval.plan import Protocol, protocol_from_config
 from iedp_jax.eval.runner import ProtocolSteps, make_protocol_steps, protocol_batches, restore_model
 from iedp_jax.infra import sharding
 from iedp_jax.infra.checkpoint import resolve_checkpoint
-from iedp_jax.infra.errors import InputError
-from iedp_jax.model import IEDP, SEG
+from iedp_jax.infra.errors import ConfigError, InputError
+from iedp_jax.model import IEDP, SEG, VPD_CONTEXT
 from iedp_jax.run_files import read_config, read_dataset_info
 
 PyTree = Any
@@ -156,6 +156,10 @@ def load_trained(workdir: str | os.PathLike, checkpoint: str | os.PathLike | Non
     info = read_dataset_info(workdir)
     directory, step = resolve_checkpoint(workdir, checkpoint)
     protocol = protocol_from_config(config, info.task)  # a bad eval section fails before any load
+    if info.task != SEG and config.model.context == VPD_CONTEXT:
+        raise ConfigError(f"{workdir} is a VPD depth baseline, which conditions on each image's ground-truth "
+                          "scene class: it cannot predict unlabelled images; score it with python -m "
+                          "iedp_jax.evaluate, which reads the scenes.")
     mesh = mesh or sharding.make_mesh(tuple(config.mesh.shape))
     model, params, frozen, trained_steps = restore_model(config, info, workdir, directory, step, mesh)
     steps = make_protocol_steps(model, protocol, mesh, float(config.data.min_depth))

@@ -27,7 +27,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # seg_learns ~4 min, depth_learns ~3 min, ade_config / nyu_config ~2-3 min each (train + evaluate
 # commands), fsdp ~2 min, test_torch_train_step ~1.5 min.
 LONG_FIRST = ("test_multiprocess", "seg_learns", "test_train", "depth_learns", "trainer_features", "ade_config",
-              "nyu_config", "predict", "fsdp", "diffseg_configs", "test_torch_train_step", "test_vpd_ladder")
+              "nyu_config", "predict", "fsdp", "diffseg_configs", "test_torch_train_step", "test_vpd_ladder",
+              "test_reliability_kill")
 
 
 def _group(item: pytest.Item) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -109,22 +110,24 @@ def test_depth_metrics_hand_computed_2x2():
     assert (m["delta1"], m["delta2"], m["delta3"]) == (0.5, 0.5, 0.5)
 
 
-def test_depth_metrics_match_bts_per_image_mean():
+@pytest.mark.parametrize("clip", [True, False])  # BTS clips the prediction, VPD does not
+def test_depth_metrics_match_bts_per_image_mean(clip):
     rng = np.random.default_rng(0)
     gt = rng.uniform(0.0, 11.0, size=(4, 8, 9)).astype(np.float32)
     gt[1, :4] = 0.0
+    gt[0, 5, 5] = 10.0  # exactly the maximum: invalid (BTS and VPD use gt < max)
     pred = rng.uniform(0.0, 12.0, size=gt.shape).astype(np.float32)
     mask = np.ones(gt.shape, bool)
     mask[:, :, :2] = False  # a crop, as the Eigen crop
     gt[2] = 0.0  # an image with no valid pixel: not counted
-    sums_fn = jax.jit(depth_metric_sums)
+    sums_fn = jax.jit(functools.partial(depth_metric_sums, clip=clip))
     sums = sums_fn(jnp.asarray(pred), jnp.asarray(gt), mask=jnp.asarray(mask))
     assert float(sums["count"]) == 3.0
     ours = depth_metrics(sums)
     per_image = []
     for b in (0, 1, 3):
-        p = np.clip(pred[b].astype(np.float64), 1e-3, 10.0)
-        valid = (gt[b] > 1e-3) & (gt[b] <= 10.0) & mask[b]
+        p = np.clip(pred[b].astype(np.float64), 1e-3, 10.0 if clip else None)
+        valid = (gt[b] > 1e-3) & (gt[b] < 10.0) & mask[b]
         per_image.append(_compute_errors(gt[b][valid].astype(np.float64), p[valid]))
     for k, v in ours.items():
         assert v == pytest.approx(np.mean([e[k] for e in per_image]), rel=1e-5), k

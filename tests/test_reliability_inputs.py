@@ -71,10 +71,30 @@ def _huge_header(sd: Path) -> None:
     f.write_bytes((10**12).to_bytes(8, "little") + f.read_bytes()[8:])
 
 
+def _shard_missing(sd: Path) -> None:
+    """The UNet split into two shards with an index, as large checkpoints ship; the second is lost."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    f = sd / UNET
+    tensors = load_file(f)
+    names = sorted(tensors)
+    shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "diffusion_pytorch_model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(f.parent / shard))
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (f.parent / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    f.unlink()
+    (f.parent / "diffusion_pytorch_model-00002-of-00002.safetensors").unlink()
+
+
 BACKBONE_CASES = {  # name: (how the copy is damaged, config changes, what the sentence must say)
     "truncated safetensors": (_truncate, {}, "the file is truncated or partly copied"),
     "header-corrupt safetensors": (_corrupt_header, {}, "has an unreadable header"),
     "header longer than the file": (_huge_header, {}, "is shorter than its"),
+    "sharded index, a shard missing": (_shard_missing, {}, "00002-of-00002.safetensors is missing"),
     "CLIP folder as the SD folder": (None, {"model.pretrained": "{sd}/image_encoder"}, "is not a Stable Diffusion"),
     "SD folder as the CLIP folder": (None, {"model.clip_vision": "{sd}"}, "is not a CLIP folder"),
 }

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from iedp_jax.build import embedding_class_names, embeddings_path
+from iedp_jax.eval.runner import run_protocol
 from iedp_jax.infra import sharding
 from iedp_jax.prompts import IMAGENET_TEMPLATES
 from iedp_jax.sd.tiny import write_tiny_backbone
@@ -65,3 +66,9 @@ def test_ladder_rung_trains(name, layouts, tmp_path):
     after = jax.device_get(state["params"]["head"])
     assert int(state["step"]) == 2
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
+    if cfg.model.context == "vpd" and t.model.config.task == "depth":
+        # VPD's test conditions on each image's ground-truth scene: the published protocol runs it
+        cfg.eval.num_images, cfg.eval.crop, cfg.eval.stride = 2, (32, 32), (16, 16)
+        with quick_compile():
+            result = run_protocol(t.model, state["params"], t.frozen, t.dataset, t.mesh, cfg)
+        assert result["num_images"] == 2 and np.isfinite(result["rmse"]) and result["protocol"]["clip_depth"] is False

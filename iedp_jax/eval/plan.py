@@ -30,6 +30,7 @@ class Protocol:
     img_scale: tuple[int, int]       # segmentation test resize (long, short); unused for depth
     scales: tuple[float, ...]        # ratios of img_scale, one pass each (and one more with flip)
     flip: bool
+    clip_depth: bool = True          # depth: clip predictions to the valid range (BTS) or not (VPD)
 
     @property
     def passes(self) -> list[tuple[int, bool]]:
@@ -40,6 +41,8 @@ class Protocol:
         d = {"crop": list(self.crop), "stride": list(self.stride), "flip": self.flip}
         if self.task == SEG:
             d.update(img_scale=list(self.img_scale), scales=list(self.scales))
+        else:
+            d.update(clip_depth=self.clip_depth)
         return d
 
 
@@ -68,7 +71,7 @@ def protocol_from_config(cfg: ConfigDict, task: str) -> Protocol:
             raise ConfigError("eval.mode='multiscale' is a segmentation protocol: depth is scored with VPD's "
                              "sliding windows and flip (eval.mode='single', eval.flip=True).")
         scales, flip = (1.0,), bool(e.flip)
-    return Protocol(task, e.mode, crop, stride, img_scale, scales, flip)
+    return Protocol(task, e.mode, crop, stride, img_scale, scales, flip, bool(e.clip_depth))
 
 
 @dataclasses.dataclass
@@ -153,4 +156,6 @@ def build_row(dataset: DataSource, group: ShapeGroup, protocol: Protocol, index:
     else:
         row["depth"] = _pad_into(ex["depth"], hl, 0.0) if ex is not None else np.zeros(hl, np.float32)
         row["mask"] = _pad_into(ex["mask"], hl, False) if ex is not None else np.zeros(hl, bool)
+        # the scene conditions only VPD's depth context (model.context="vpd"); others ignore it
+        row["scene"] = np.int32(ex["scene"]) if ex is not None and "scene" in ex else np.int32(0)
     return row, ex

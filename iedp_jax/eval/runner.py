@@ -83,7 +83,7 @@ class ProtocolSteps:
 
     seg_pass: Synchronized     # (probs, params, frozen, image, hw, offsets, valid, flip, label_hw) -> probs
     seg_finish: Synchronized   # (acc, probs, label) -> (acc, pred)
-    depth_step: Synchronized   # (acc, params, frozen, image, offsets, valid, depth, mask) -> (acc, pred)
+    depth_step: Synchronized   # (acc, params, frozen, image, offsets, valid, depth, mask, scene) -> (acc, pred)
     zeros: Any                 # shape -> a batch-sharded float32 zero array
 
 
@@ -101,11 +101,15 @@ def make_protocol_steps(model: IEDP, protocol: Protocol, mesh, min_depth: float)
         pred = jnp.argmax(probs, axis=-1)
         return acc + confusion_matrix(pred, label, c.num_classes, c.ignore_index), pred.astype(pred_dtype)
 
-    def depth_step(acc, params, frozen, images, offsets, valid, depth, mask):
-        pred = depth_windows(lambda x: model.predict(params, frozen, x), images, offsets, valid, protocol.crop,
-                             protocol.flip)
+    def depth_step(acc, params, frozen, images, offsets, valid, depth, mask, scenes):
+        def predict(x):  # [b, ch, cw, 3], b = B or 2B (an image and its mirror image stacked)
+            # the scenes [B] condition only VPD's depth context (model.context="vpd"), as in VPD's test
+            return model.predict(params, frozen, x, jnp.tile(scenes, x.shape[0] // scenes.shape[0]))
+
+        pred = depth_windows(predict, images, offsets, valid, protocol.crop, protocol.flip)
         pred = pred[:, : depth.shape[1], : depth.shape[2]]
-        return jax.tree.map(jnp.add, acc, depth_metric_sums(pred, depth, min_depth, c.max_depth, mask)), pred
+        sums = depth_metric_sums(pred, depth, min_depth, c.max_depth, mask, clip=protocol.clip_depth)
+        return jax.tree.map(jnp.add, acc, sums), pred
 
     zeros: dict[tuple[int, ...], Any] = {}
 
@@ -126,7 +130,7 @@ def _score_batch(steps: ProtocolSteps, model: IEDP, protocol: Protocol, acc, par
     """One batch through the protocol: ``(acc, predictions [B, Hl, Wl])``."""
     if model.config.task != SEG:
         return steps.depth_step(acc, params, frozen, batch["image0"], batch["offsets0"], batch["valid0"],
-                                batch["depth"], batch["mask"])
+                                batch["depth"], batch["mask"], batch["scene"])
     probs = steps.zeros((batch_size, *group.label_size, model.config.num_classes))
     for s, flip in protocol.passes:
         probs = steps.seg_pass(probs, params, frozen, batch[f"image{s}"], batch[f"hw{s}"], batch[f"offsets{s}"],

@@ -92,11 +92,13 @@ def segmentation_metrics(conf: np.ndarray,
 
 
 def depth_metric_sums(pred: jax.Array, gt: jax.Array, min_depth: float = 1e-3,
-                      max_depth: float = 10.0, mask: jax.Array | None = None) -> dict:
+                      max_depth: float = 10.0, mask: jax.Array | None = None, clip: bool = True) -> dict:
     """Per-image depth metrics summed over the batch, plus ``count`` (float32 scalars).
 
-    Valid pixels: ``min_depth < gt <= max_depth`` (and ``mask``, e.g. the Eigen crop). As in
-    BTS/VPD, ``pred`` is clipped to ``[min_depth, max_depth]`` (NaN -> ``min_depth``) and each
+    Valid pixels: ``min_depth < gt < max_depth`` (and ``mask``, e.g. the Eigen crop), as BTS and
+    VPD. With ``clip`` (BTS; VPD does not clip) ``pred`` is clipped to ``[min_depth, max_depth]``;
+    NaN becomes ``min_depth`` and a prediction is floored at ``min_depth`` either way (the logs
+    need it). Each
     metric is computed per image over its valid pixels; images with no valid pixel add nothing
     and are not counted. Jittable; sums from several batches or hosts combine by a plain tree add
     (``jax.tree.map(jnp.add, a, b)``), and ``depth_metrics`` divides by the total ``count``.
@@ -110,8 +112,8 @@ def depth_metric_sums(pred: jax.Array, gt: jax.Array, min_depth: float = 1e-3,
         raise ValueError(f"need 0 < min_depth < max_depth, got {min_depth} and {max_depth}.")
     pred = pred.astype(jnp.float32)
     gt = gt.astype(jnp.float32)
-    pred = jnp.clip(jnp.where(jnp.isnan(pred), min_depth, pred), min_depth, max_depth)
-    valid = (gt > min_depth) & (gt <= max_depth)  # [B, H, W]
+    pred = jnp.clip(jnp.where(jnp.isnan(pred), min_depth, pred), min_depth, max_depth if clip else None)
+    valid = (gt > min_depth) & (gt < max_depth)  # [B, H, W]
     if mask is not None:
         valid = valid & mask.astype(bool)
     gt = jnp.where(valid, gt, 1.0)  # safe values where invalid (no 0 * NaN)

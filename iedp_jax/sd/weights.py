@@ -112,6 +112,10 @@ def checkpoint_files(folder: Path, stem: str) -> list[Path]:
     if index.is_file():
         with open(index, encoding="utf-8") as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise WeightsError(f"{str(index)!r} lists {len(shards)} shards but {', '.join(missing)} "
+                               f"{'is' if len(missing) == 1 else 'are'} missing: copy the whole folder again.")
         return [folder / s for s in shards]
     others = sorted(folder.glob("*.safetensors"))
     if len(others) == 1:
