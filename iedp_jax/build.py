@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from ml_collections import ConfigDict
 
 from iedp_jax.config import DTYPES, to_model_config
@@ -26,6 +27,7 @@ from iedp_jax.data.catalog import make_dataset, task_of
 from iedp_jax.infra.distributed import barrier
 from iedp_jax.infra.errors import ConfigError
 from iedp_jax.infra.logs import log_line
+from iedp_jax.infra.paths import as_path
 from iedp_jax.model import IEDP, SEG, VPD_CONTEXT
 from iedp_jax.prompts import (
     IMAGENET_TEMPLATES,
@@ -45,14 +47,14 @@ def needs_image_tower(cfg: ConfigDict) -> bool:
     return cfg.model.context != VPD_CONTEXT
 
 
-def resolve_backbone(cfg: ConfigDict, workdir: Path) -> tuple[Path, Path | None]:
+def resolve_backbone(cfg: ConfigDict, workdir: str | os.PathLike) -> tuple[Path, Path | None]:
     """The Stable Diffusion folder and the CLIP vision folder (None when the config does not use
     the image tower), or a clear error.
 
     With ``model.tiny_backbone`` a tiny random backbone is written (once) into the workdir.
     """
     if cfg.model.tiny_backbone:
-        folder = workdir / "tiny_backbone"
+        folder = Path(os.fspath(workdir)) / "tiny_backbone"  # local (the trainer refuses a URL with it)
         if jax.process_index() == 0:  # the workdir is shared: one writer, the others wait
             write_tiny_backbone(folder, seed=cfg.seed)
         barrier("tiny backbone written")
@@ -89,18 +91,21 @@ def embedding_class_names(cfg: ConfigDict, dataset=None) -> tuple[str, ...]:
     return tuple((dataset or make_dataset(cfg.data, seed=cfg.seed)).class_names)
 
 
-def embeddings_path(workdir: Path, text_folder: Path, names: Sequence[str], templates: Sequence[str]) -> Path:
-    """Where the class embeddings of ``names`` x ``templates`` by the text tower in ``text_folder`` are cached."""
+def embeddings_path(workdir: str | os.PathLike, text_folder: Path, names: Sequence[str],
+                    templates: Sequence[str]) -> epath.Path:
+    """Where the class embeddings of ``names`` x ``templates`` by the text tower in ``text_folder``
+    are cached (the workdir may be ``gs://``)."""
     key = json.dumps({"text": str(Path(text_folder).resolve()), "names": list(names), "templates": list(templates)})
-    return Path(workdir) / "class_embeddings" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
+    return as_path(workdir) / "class_embeddings" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy"
 
 
-def cached_class_embeddings(workdir: Path, sd: Path, names: Sequence[str], text, text_params: PyTree,
+def cached_class_embeddings(workdir: str | os.PathLike, sd: Path, names: Sequence[str], text, text_params: PyTree,
                             tokenizer) -> np.ndarray:
     """[K, D] class embeddings from the cache in ``workdir``, or computed (and cached by process 0)."""
     path = embeddings_path(workdir, sd, names, IMAGENET_TEMPLATES)
     if path.is_file():
-        table = np.load(path)
+        with path.open("rb") as f:
+            table = np.load(f)
         if table.shape == (len(names), text.config.hidden_size):
             return table
         log_line(f"{path} holds {table.shape}, not ({len(names)}, {text.config.hidden_size}): recomputing it")
@@ -110,19 +115,19 @@ def cached_class_embeddings(workdir: Path, sd: Path, names: Sequence[str], text,
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with tmp.open("wb") as f:
             np.save(f, table)
-        os.replace(tmp, path)  # readers never see a partial file
+        tmp.replace(path)  # readers never see a partial file
         log_line(f"class embeddings cached in {path}")
     return table
 
 
-def build_model(cfg: ConfigDict, dataset, workdir: Path) -> tuple[IEDP, PyTree, PyTree]:
+def build_model(cfg: ConfigDict, dataset, workdir: str | os.PathLike) -> tuple[IEDP, PyTree, PyTree]:
     """Loads the backbone and returns ``(model, unet_params, frozen_params)`` on the host."""
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.model.dtype!r}.")
     dtype = DTYPES[cfg.model.dtype]
-    sd, clip = resolve_backbone(cfg, Path(workdir))
+    sd, clip = resolve_backbone(cfg, workdir)
     log_line(f"loading Stable Diffusion from {sd}" + (f" and CLIP vision from {clip}" if clip else ""))
     unet, unet_params = load_unet(sd, dtype=dtype, param_dtype=jnp.float32, remat=cfg.model.remat)
     vae, vae_params = load_vae(sd, dtype=dtype)

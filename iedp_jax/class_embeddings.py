@@ -12,13 +12,12 @@ nothing imports it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ml_collections import ConfigDict
 
 from iedp_jax.build import cached_class_embeddings, embedding_class_names, embeddings_path, resolve_backbone
 from iedp_jax.infra.cli import run
 from iedp_jax.infra.logs import log_line
+from iedp_jax.infra.paths import as_path
 from iedp_jax.prompts import IMAGENET_TEMPLATES
 from iedp_jax.sd import load_clip_text, load_tokenizer
 from iedp_jax.sd.weights import WeightsError
@@ -26,7 +25,7 @@ from iedp_jax.sd.weights import WeightsError
 
 def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
     del flag_values
-    workdir = Path(workdir)
+    workdir = as_path(workdir)  # local or gs://
     workdir.mkdir(parents=True, exist_ok=True)
     sd, _ = resolve_backbone(config, workdir)
     names = embedding_class_names(config)

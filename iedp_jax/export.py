@@ -7,10 +7,11 @@
   (float32), readable by ``diffusers.UNet2DConditionModel.from_pretrained`` and our loaders;
 - ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``: copied from the pretrained folder
   (TensorFlow / Flax / ONNX weights, and ``.bin`` files beside a ``.safetensors``, are left out);
-- ``image_encoder/``: the CLIP vision folder the implicit branch reads;
+- ``image_encoder/``: the CLIP vision folder the implicit branch reads (none for VPD's context);
 - ``model_index.json``: the pretrained one, with the components not written set to ``[null, null]``;
 - ``iedp/heads.safetensors``: every trained parameter outside the UNet (``implicit``,
-  ``adapter``, ``head``) under ``/``-joined keys (``head/fpn_0/conv/kernel``, Flax layouts);
+  ``adapter``, ``head``) under ``/``-joined keys (``head/fpn_0/conv/kernel``, Flax layouts), and
+  for VPD's context the fixed ``class_embeddings`` table;
 - ``iedp/config.json``: the model's static config (the ``IEDPConfig`` fields) plus
   ``class_names``, ``scene_names`` and the checkpoint's ``step``.
 
@@ -127,15 +128,20 @@ def export_trained(trained: TrainedModel, out: str | os.PathLike) -> Path:
         try:
             unet_config = json.loads((sd / "unet" / "config.json").read_text())
             save_component(tmp / "unet", unet_config, params["unet"], UNET_WEIGHTS)
-            written = {"unet", "image_encoder"}
+            written = {"unet"} | ({"image_encoder"} if clip else set())
             for name in COPIED:
                 if (sd / name).is_dir():
                     shutil.copytree(sd / name, tmp / name, ignore=_ignore)
                     written.add(name)
-            shutil.copytree(clip, tmp / "image_encoder", ignore=_ignore)
+            if clip:  # the implicit branch's CLIP image tower (none with VPD's context)
+                shutil.copytree(clip, tmp / "image_encoder", ignore=_ignore)
             (tmp / "model_index.json").write_text(json.dumps(_model_index(sd, written), indent=2) + "\n")
             (tmp / "iedp").mkdir()
-            save_file(head_tensors(params), str(tmp / "iedp" / HEADS_FILE), metadata={"format": "iedp"})
+            tensors = head_tensors(params)
+            if "class_embeddings" in trained.frozen:  # VPD's fixed context table [K, D]
+                tensors["class_embeddings"] = np.asarray(jax.device_get(trained.frozen["class_embeddings"]),
+                                                         np.float32)
+            save_file(tensors, str(tmp / "iedp" / HEADS_FILE), metadata={"format": "iedp"})
             os.chmod(tmp / "iedp" / HEADS_FILE, 0o644)  # safetensors creates the file 0o600
             (tmp / "iedp" / "config.json").write_text(json.dumps(iedp_config(trained), indent=2) + "\n")
             check_out(out)  # nothing appeared meanwhile

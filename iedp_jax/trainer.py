@@ -17,12 +17,12 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 from ml_collections import ConfigDict
 
 from iedp_jax.build import abstract_params, build_model
@@ -36,6 +36,7 @@ from iedp_jax.infra.checkpoint import BestCheckpointer, Checkpointer, abstract_l
 from iedp_jax.infra.compile import Synchronized
 from iedp_jax.infra.errors import ConfigError, NonFiniteLoss
 from iedp_jax.infra.logs import MetricWriter, log_line, progress, write_results
+from iedp_jax.infra.paths import as_path, is_local
 from iedp_jax.infra.threads import config_threads
 from iedp_jax.model import IEDP, SEG
 from iedp_jax.optim import make_optimizer
@@ -144,7 +145,7 @@ class Trainer:
     schedule: optax.Schedule
 
 
-def build_trainer(cfg: ConfigDict, workdir: Path, mesh=None) -> Trainer:
+def build_trainer(cfg: ConfigDict, workdir: epath.Path, mesh=None) -> Trainer:
     """Loads data and weights, creates the sharded state and compiles nothing yet."""
     mesh = mesh or sharding.make_mesh(tuple(cfg.mesh.shape))
     k, _ = accumulation(int(cfg.train.batch_size), int(cfg.train.grad_accum_steps), mesh)
@@ -160,7 +161,7 @@ def build_trainer(cfg: ConfigDict, workdir: Path, mesh=None) -> Trainer:
     return Trainer(dataset, model, mesh, frozen, state, step_fn, schedule)
 
 
-def _resume(ckpt: Checkpointer, t: Trainer, batches: Any, rows: slice, workdir: Path) -> tuple[PyTree, int]:
+def _resume(ckpt: Checkpointer, t: Trainer, batches: Any, rows: slice, workdir: epath.Path) -> tuple[PyTree, int]:
     """The state and first step: the latest checkpoint's (data order included), or step 0."""
     latest = ckpt.latest_step()
     if latest is None:
@@ -234,7 +235,7 @@ class _MetricLog:
 class _Profile:
     """A ``jax.profiler`` trace of steps ``[first, last]`` (``train.profile_steps``) into ``folder``."""
 
-    def __init__(self, steps: tuple[int, ...], folder: Path) -> None:
+    def __init__(self, steps: tuple[int, ...], folder: epath.Path) -> None:
         if steps and (len(steps) != 2 or not 0 <= steps[0] <= steps[1]):
             raise ConfigError(f"train.profile_steps must be (first, last) with 0 <= first <= last, got {steps}.")
         self.steps, self.folder, self.active = tuple(int(x) for x in steps), folder, False
@@ -256,7 +257,7 @@ class _Validation:
     """Every ``train.eval_every`` steps: the centre-crop proxy on the validation split, logged as
     ``val/*``, prediction panels in TensorBoard, and the best checkpoint kept in ``WORKDIR/best``."""
 
-    def __init__(self, cfg: ConfigDict, t: Trainer, workdir: Path, writer: MetricWriter) -> None:
+    def __init__(self, cfg: ConfigDict, t: Trainer, workdir: epath.Path, writer: MetricWriter) -> None:
         self.every, self.panels, self.writer, self.workdir = int(cfg.train.eval_every), int(cfg.train.num_panels), \
             writer, workdir
         self.runner = CenterCropValidation(t.model, t.dataset, t.mesh, int(cfg.train.eval_batch_size),
@@ -296,12 +297,12 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     Returns:
       The final validation results (empty when stopped early).
     """
-    if "://" in str(workdir):
-        raise ConfigError(f"--workdir={workdir} is a URL: the workdir must be a folder every process can write "
-                          "(on TPU pods mount the bucket with gcsfuse, as launch/tpu_pod.sh does).")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = as_path(workdir)  # a local folder or a gs:// URL
     cfg = config
+    if cfg.model.tiny_backbone and not is_local(workdir):
+        raise ConfigError(f"--workdir={workdir} is a URL, but model.tiny_backbone writes a backbone folder into "
+                          "the workdir: use a local workdir for the tiny backbone.")
+    workdir.mkdir(parents=True, exist_ok=True)
     total = int(cfg.train.total_steps)
     end = total if stop_after is None else min(stop_after, total)
     profile = _Profile(tuple(cfg.train.profile_steps), workdir / "profile")

@@ -7,9 +7,9 @@
 #   TPU_NAME=iedp-v4 ZONE=us-central2-b PROJECT=my-project ACCELERATOR_TYPE=v4-32 \
 #   BUCKET=gs://my-bucket RUN_NAME=ade launch/tpu_pod.sh [--config.a.b=value ...]
 #
-# The training writes its workdir with local file calls, so a gs:// URL cannot be the workdir:
-# the bucket is mounted with gcsfuse at MOUNT_POINT on every worker and the run writes to
-# MOUNT_POINT/RUN_NAME.
+# The bucket is mounted with gcsfuse at MOUNT_POINT on every worker and the run writes to
+# MOUNT_POINT/RUN_NAME (iedp_jax.train also accepts --workdir gs://..., through etils.epath, but
+# this launcher keeps to the mount, the path tested end to end).
 #
 # Required: TPU_NAME, ZONE, PROJECT, ACCELERATOR_TYPE (v4-32, v5litepod-16, v5p-64, ...),
 #           BUCKET           Cloud Storage bucket for checkpoints and logs: gs://my-bucket or
@@ -54,7 +54,7 @@ require ACCELERATOR_TYPE "the slice type, e.g. v4-32, v5litepod-16 or v5p-64"
 if [[ -n ${WORKDIR:-} ]]; then
   if [[ $WORKDIR == *://* ]]; then
     url_bucket=${WORKDIR#*://}
-    die "WORKDIR=$WORKDIR cannot be used because iedp_jax.train writes its workdir with local file calls: set BUCKET=gs://${url_bucket%%/*} to mount the bucket with gcsfuse on every worker (the run then writes to MOUNT_POINT/RUN_NAME, default /mnt/iedp/iedp_<date>), or SHARED_WORKDIR to a folder already mounted on every worker."
+    die "WORKDIR=$WORKDIR is not used by this launcher, which mounts the bucket instead: set BUCKET=gs://${url_bucket%%/*} to mount the bucket with gcsfuse on every worker (the run then writes to MOUNT_POINT/RUN_NAME, default /mnt/iedp/iedp_<date>), or SHARED_WORKDIR to a folder already mounted on every worker."
   fi
   die "WORKDIR is not used: set SHARED_WORKDIR=$WORKDIR if that folder is mounted on every worker (the run then writes to SHARED_WORKDIR/RUN_NAME), or BUCKET to mount a Cloud Storage bucket with gcsfuse instead."
 fi

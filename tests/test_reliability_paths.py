@@ -81,3 +81,45 @@ def test_results_pngs_and_the_lock_go_through_epath(monkeypatch, tmp_path):
         monkeypatch.setattr(gpath, "read_text", lambda self, *a, **k: store[str(self)].decode())
         monkeypatch.setattr(lock, "_pid_alive", lambda pid: True)
         lock.acquire(URL)
+
+
+def test_metric_log_on_a_gs_workdir_is_rewritten_whole(monkeypatch):
+    """An object store cannot append: ``metrics.jsonl`` on ``gs://`` keeps every line (those of a
+    resumed run's earlier life too), and TensorBoard is pointed at the URL itself."""
+    store = {URL + "/metrics.jsonl": '{"step": 1, "loss": 3.0}\n'}
+    gpath = type(as_path(URL))
+    monkeypatch.setattr(gpath, "exists", lambda self: str(self) in store)
+    monkeypatch.setattr(gpath, "read_text", lambda self, *a, **k: store[str(self)])
+    monkeypatch.setattr(gpath, "write_text", lambda self, text, *a, **k: store.__setitem__(str(self), text))
+    boards = []
+
+    class Board:  # tensorboardX writes gs:// itself (google-cloud-storage); recorded, not run
+        def __init__(self, logdir):
+            boards.append(logdir)
+
+        def add_scalar(self, *a):
+            pass
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(logs, "SummaryWriter", Board)
+    writer = logs.MetricWriter(URL)
+    writer.write(2, {"loss": 2.5})
+    writer.write(3, {"loss": 2.0})
+    writer.close()
+    assert boards == [URL + "/tensorboard"]
+    lines = [json.loads(x) for x in store[URL + "/metrics.jsonl"].splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and lines[-1]["loss"] == 2.0
+
+
+def test_training_into_a_gs_workdir_refuses_only_the_tiny_backbone():
+    from iedp_jax import trainer
+    from iedp_jax.infra.errors import ConfigError
+    from tests.helpers import load_config
+
+    with pytest.raises(ConfigError, match="tiny backbone"):
+        trainer.train(load_config("smoke_seg"), URL)

@@ -7,15 +7,15 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from iedp_jax.infra.paths import as_path
+from iedp_jax.infra.paths import as_path, is_local
 
 
 def log_line(msg: str) -> None:
@@ -43,8 +43,33 @@ def write_results(results: Mapping[str, Any], paths: Sequence[str | os.PathLike]
     log_line(f"{label}: " + ", ".join(f"{k}={results[k]:.4f}" for k in headline) + f" -> {paths[0]}")
 
 
+class _JsonLines:
+    """``metrics.jsonl``: appended in place on a local file system; on an object store
+    (``gs://``), which cannot append, the file is rewritten whole at each write."""
+
+    def __init__(self, path: epath.Path) -> None:
+        self.path = path
+        if is_local(path):
+            self._file, self._lines = open(os.fspath(path), "a", encoding="utf-8"), None  # noqa: SIM115
+        else:
+            self._file, self._lines = None, path.read_text() if path.exists() else ""
+
+    def write(self, line: str) -> None:
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        else:
+            self._lines += line
+            self.path.write_text(self._lines)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class MetricWriter:
-    """Writes scalars to ``workdir/tensorboard`` and appends them to ``workdir/metrics.jsonl``.
+    """Writes scalars to ``workdir/tensorboard`` and appends them to ``workdir/metrics.jsonl``
+    (local or ``gs://``: tensorboardX writes ``gs://`` itself, with google-cloud-storage).
 
     Only process 0 writes (``enabled``); other processes get a no-op writer.
     """
@@ -54,9 +79,9 @@ class MetricWriter:
         self._tb = None
         self._jsonl = None
         if enabled:
-            workdir = Path(workdir)
+            workdir = as_path(workdir)
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
-            self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self._jsonl = _JsonLines(workdir / "metrics.jsonl")
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
@@ -64,7 +89,6 @@ class MetricWriter:
         for k, v in scalars.items():
             self._tb.add_scalar(k, float(v), step)
         self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
-        self._jsonl.flush()
         self._tb.flush()
 
     def write_text(self, tag: str, text: str, step: int = 0) -> None:
