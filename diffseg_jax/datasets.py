@@ -39,15 +39,18 @@ Accepted layouts (``data_dir`` may be the outer folder or any of the inner ones 
         be named ``coco``, ``coco_stuff164k`` or be ``DATA_DIR`` itself; images are listed from
         ``images/val2017`` (sorted) and paired with their labels by file stem.
 
-Prompt-name substitutions (**ours**, after the original's choice of plain words: it prompts VOC
-with "plane", "table", "plant", "monitor"): dataset spellings that are not words tokenize into
-meaningless pieces, so they are replaced in prompts (``class_names`` keep the official spelling
-for the results):
+Prompt names are kept apart from the class names (``class_names`` name the results). Two tables
+per benchmark (:meth:`Benchmark.prompt_names_for`):
+
+- ``'official'`` (the paper's protocol, :data:`OFFICIAL_PROMPT_NAMES`): the original's ``embs``
+  lists, position by position (VOC ``plane, buses, people, plant, table, monitor``; Context
+  ``airplane, plant, monitor``; COCO ``motorbike, aeroplane, sofa, pottedplant, diningtable,
+  tvmonitor, hair drier, toothbrus``, sic). They are also the names in the original's candidate
+  files (``predict_syn_txt_0.8_img_0.97.json``).
+- ``'readable'`` (**ours**): the dataset spellings with the ones that are not words replaced:
 
     VOC / Context: pottedplant -> "potted plant", tvmonitor -> "monitor", diningtable -> "table"
     COCO:          tv -> "television", hair drier -> "hair dryer"
-
-"aeroplane", "motorbike", "bedclothes" and the remaining names are ordinary words and are kept.
 """
 
 from __future__ import annotations
@@ -106,6 +109,21 @@ VOC_SUBSTITUTIONS: Mapping[str, str] = {
 CONTEXT_SUBSTITUTIONS: Mapping[str, str] = {"pottedplant": "potted plant", "tvmonitor": "monitor"}
 COCO_SUBSTITUTIONS: Mapping[str, str] = {"tv": "television", "hair drier": "hair dryer"}
 
+# The original's prompt names (its ``embs`` lists), in label order 1..C-1.
+VOC_OFFICIAL_NAMES: tuple[str, ...] = (
+    "plane", "bicycle", "bird", "boat", "bottle", "buses", "car", "cat", "chair", "cow", "table", "dog", "horse",
+    "motorbike", "people", "plant", "sheep", "sofa", "train", "monitor",
+)
+CONTEXT_OFFICIAL_NAMES: tuple[str, ...] = tuple(
+    {"aeroplane": "airplane", "pottedplant": "plant", "tvmonitor": "monitor"}.get(n, n) for n in CONTEXT_CLASSES[1:])
+COCO_OFFICIAL_NAMES: tuple[str, ...] = tuple(
+    {"motorcycle": "motorbike", "airplane": "aeroplane", "couch": "sofa", "potted plant": "pottedplant",
+     "dining table": "diningtable", "tv": "tvmonitor", "toothbrush": "toothbrus"}.get(n, n)
+    for n in COCO_OBJECT_CLASSES[1:])
+OFFICIAL_PROMPT_NAMES: Mapping[str, tuple[str, ...]] = {
+    "voc": VOC_OFFICIAL_NAMES, "context": CONTEXT_OFFICIAL_NAMES, "coco": COCO_OFFICIAL_NAMES}
+PROMPT_NAME_TABLES = ("official", "readable")
+
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
@@ -118,6 +136,7 @@ class Benchmark:
       substitutions: prompt names of the class names that are not words.
       split: the validation split's name in the layout.
       published_miou: DiffSegmenter's published mIoU (%) with background (Wang et al., IEEE TIP 2025).
+      official_names: the original's prompt names of classes ``1..C-1`` (its ``embs`` list).
     """
 
     key: str
@@ -126,23 +145,41 @@ class Benchmark:
     substitutions: Mapping[str, str]
     split: str
     published_miou: float
+    official_names: tuple[str, ...] = ()
 
     @property
     def prompt_names(self) -> tuple[str, ...]:
-        """Prompt names of classes ``1..C-1`` (the background is not a prompt)."""
+        """Readable prompt names of classes ``1..C-1`` (the background is not a prompt)."""
         return tuple(self.substitutions.get(n, n) for n in self.class_names[1:])
+
+    def prompt_names_for(self, table: str = "readable") -> tuple[str, ...]:
+        """Prompt names of classes ``1..C-1`` from ``table``: 'official' (the original's) or 'readable'."""
+        if table == "official":
+            return self.official_names
+        if table == "readable":
+            return self.prompt_names
+        raise ConfigError(f"prompt_names={table!r} is not one of {', '.join(PROMPT_NAME_TABLES)}.")
+
+    def label_of(self, name: str) -> int | None:
+        """The label (1..C-1) of a class or prompt name of any table (the background: None)."""
+        for table in (self.class_names[1:], self.official_names, self.prompt_names):
+            if name in table:
+                return table.index(name) + 1
+        return None
 
 
 BENCHMARKS: Mapping[str, Benchmark] = {b.key: b for b in (
-    Benchmark("voc", "PASCAL VOC 2012", VOC_CLASSES, VOC_SUBSTITUTIONS, "val", 60.1),
-    Benchmark("context", "Pascal Context", CONTEXT_CLASSES, CONTEXT_SUBSTITUTIONS, "val", 27.5),
-    Benchmark("coco", "COCO-Object", COCO_OBJECT_CLASSES, COCO_SUBSTITUTIONS, "val2017", 37.9),
+    Benchmark("voc", "PASCAL VOC 2012", VOC_CLASSES, VOC_SUBSTITUTIONS, "val", 60.1, VOC_OFFICIAL_NAMES),
+    Benchmark("context", "Pascal Context", CONTEXT_CLASSES, CONTEXT_SUBSTITUTIONS, "val", 27.5,
+              CONTEXT_OFFICIAL_NAMES),
+    Benchmark("coco", "COCO-Object", COCO_OBJECT_CLASSES, COCO_SUBSTITUTIONS, "val2017", 37.9, COCO_OFFICIAL_NAMES),
 )}
 DATASETS = tuple(BENCHMARKS)
 
-__all__ = ["BENCHMARKS", "COCO_OBJECT_CLASSES", "COCO_SUBSTITUTIONS", "CONTEXT_CLASSES", "CONTEXT_SUBSTITUTIONS",
-           "DATASETS", "IGNORE_INDEX", "VOC_CLASSES", "VOC_SUBSTITUTIONS", "Benchmark", "SegDataset", "benchmark",
-           "find_files", "make_dataset"]
+__all__ = ["BENCHMARKS", "COCO_OBJECT_CLASSES", "COCO_OFFICIAL_NAMES", "COCO_SUBSTITUTIONS", "CONTEXT_CLASSES",
+           "CONTEXT_OFFICIAL_NAMES", "CONTEXT_SUBSTITUTIONS", "DATASETS", "IGNORE_INDEX", "OFFICIAL_PROMPT_NAMES",
+           "PROMPT_NAME_TABLES", "VOC_CLASSES", "VOC_OFFICIAL_NAMES", "VOC_SUBSTITUTIONS", "Benchmark", "SegDataset",
+           "benchmark", "find_files", "make_dataset"]
 
 
 def benchmark(name: str) -> Benchmark:

@@ -19,8 +19,15 @@ a noun. No part-of-speech tagger: verbs and adjectives also pass, and rarely rea
 similarity to a class name.
 
 Modes of :func:`candidate_classes` (:data:`~diffseg_jax.config.FILTER_MODES`): ``'clip'`` (the
-rule above), ``'all'`` (every class), ``'given'`` (a given list per image; the evaluator gives
-each image's ground-truth classes, an oracle upper bound). The CLIP model is our Flax CLIP
+rule above), ``'all'`` (every class), ``'given'`` (a given list per image: the evaluator replays a
+candidate file, :func:`read_given_file`, e.g. the original's ``predict_syn_txt_0.8_img_0.97.json``;
+without one each image's ground-truth classes, an oracle upper bound).
+
+The original's candidate files are one JSON object with three sections (``synonym_matching``,
+``image_similarity``, ``text_similarity``), each ``{image: [prompt name, ...]}``; its scripts
+segment the union of ``image_similarity`` and ``text_similarity``. Image keys are absolute paths
+(VOC), file names (Context) or ``COCO_val2014_<id>.jpg`` (COCO): :func:`image_key` reduces each
+to the id our readers use (the file stem, ``<id>`` for COCO). The CLIP model is our Flax CLIP
 (:mod:`iedp_jax.sd.clip`) loaded from a full ``CLIPModel`` folder
 (``openai/clip-vit-large-patch14`` saved with ``save_pretrained``): both towers, both
 projections, and the tokenizer files in the same folder (or ``tokenizer/``).
@@ -35,10 +42,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import numbers
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import jax
@@ -46,8 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from diffseg_jax.config import CLIP_TEMPLATE, NOUN_THRESHOLD, RATIO, filter_mode
-from iedp_jax.infra.errors import ConfigError
+from diffseg_jax.config import CLIP_TEMPLATE, GIVEN_KEYS, NOUN_THRESHOLD, RATIO, filter_mode
+from diffseg_jax.datasets import Benchmark
+from iedp_jax.infra.errors import ConfigError, InputError
 from iedp_jax.sd import Tokenizer, load_clip_text, load_clip_vision, load_tokenizer
 from iedp_jax.sd.clip import CLIPTextTransformer, CLIPVisionTransformer, clip_preprocess
 from iedp_jax.sd.weights import WeightsError
@@ -71,7 +81,7 @@ photo photograph photography picture image view close closeup shot front top sid
 """.split())  # noqa: SIM905 - one word list, easier to read as text
 
 __all__ = ["LOGIT_SCALE", "STOPWORDS", "CLIPFilter", "candidate_classes", "caption_nouns", "clip_crop", "clip_logits",
-           "keep_by_ratio", "load_clip_filter", "similar_labels"]
+           "image_key", "keep_by_ratio", "load_clip_filter", "read_given_file", "similar_labels"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,3 +372,80 @@ def _class_index(c: str | int, class_names: Sequence[str]) -> int:
     if c not in class_names:
         raise ConfigError(f"given class {c!r} is not in the vocabulary.")
     return list(class_names).index(c)
+
+
+# ----------------------------------------------------------------------------------------------
+# Given candidate lists (the original's files, or our candidates.jsonl).
+
+_COCO_PREFIX = re.compile(r"^COCO_[A-Za-z]+[0-9]*_")
+
+
+def image_key(name: str) -> str:
+    """The id of an image named by a path or file name: the stem, without the ``COCO_val2014_``
+    prefix of COCO 2014 names (``/data/VOC2012/JPEGImages/2007_000033.jpg`` -> ``2007_000033``,
+    ``COCO_val2014_000000182611.jpg`` -> ``000000182611``)."""
+    base = PureWindowsPath(name).name if "\\" in name else PurePosixPath(name).name
+    stem = base.rsplit(".", 1)[0] if "." in base else base
+    return _COCO_PREFIX.sub("", stem)
+
+
+def read_given_file(path: str | os.PathLike, bench: Benchmark, keys: Sequence[str] = GIVEN_KEYS
+                    ) -> dict[str, list[int]]:
+    """Candidate labels per image id (:func:`image_key`) from a candidate file.
+
+    Two formats: the original's JSON object of sections (the union of the ``keys`` sections is
+    taken, as its scripts do with ``image_similarity`` and ``text_similarity``), or JSON lines
+    ``{"image": ..., "classes": [...]}`` (what ``diffseg_jax.evaluate`` writes as
+    ``candidates.jsonl``). Class names may come from any of the benchmark's tables (dataset,
+    official prompt or readable names).
+
+    Raises:
+      InputError: not one of the two formats, a missing section, or a class the benchmark does
+        not have (one sentence naming the file).
+    """
+    where = os.fspath(path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, Mapping) and not {"image", "classes"} <= set(data):
+        missing = [k for k in keys if k not in data]
+        if missing or not keys:
+            name = repr(missing[0]) if missing else "(none asked)"
+            raise InputError(f"the candidate file {where!r} has no section {name} (it has "
+                             f"{', '.join(map(repr, data)) or 'none'}): set filtering.given_keys.")
+        entries: dict[str, list[str]] = {}
+        for k in keys:
+            section = data[k]
+            if not isinstance(section, Mapping):
+                raise InputError(f"the candidate file {where!r}: section {k!r} is not an object of image -> classes.")
+            for image, names in section.items():
+                entries.setdefault(str(image), []).extend(names)
+    else:
+        entries = {}
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}:{n}: neither the original's candidate JSON nor JSON lines "
+                                 f"({e.msg}).") from None
+            if not (isinstance(rec, Mapping) and isinstance(rec.get("image"), str)
+                    and isinstance(rec.get("classes"), list)):
+                raise InputError(f"{where}:{n}: expected {{\"image\": ..., \"classes\": [...]}}.")
+            entries.setdefault(rec["image"], []).extend(rec["classes"])
+    out: dict[str, list[int]] = {}
+    for image, names in entries.items():
+        labels = set()
+        for name in names:
+            label = bench.label_of(str(name))
+            if label is None:
+                raise InputError(f"the candidate file {where!r} names the class {name!r} (image {image!r}), which "
+                                 f"{bench.title} does not have.")
+            labels.add(label)
+        out.setdefault(image_key(image), [])
+        out[image_key(image)] = sorted(set(out[image_key(image)]) | labels)
+    return out

@@ -5,10 +5,14 @@ Host side (numpy, once per class list or per image when captions are used):
 - :func:`build_prompt` -- the text of one class's prompt, optionally extended with a caption;
 - :func:`encode_class_prompts` -- token ids ``[K, 77]``, the per-token weights ``[K, 77]`` that
   select the class's cross-attention map (its last sub-token; averaged with the next token when
-  the next word ends in "ing") and the class-token mask ``[K, 77]`` used for up-weighting;
+  the next word ends in "ing") and the class-token mask ``[K, 77]`` used for up-weighting (the
+  sub-tokens of the name's last word, as compel's ``"name++"``; or of every word);
+- :func:`encode_with_fallback` -- the same, where a class whose caption cannot hold its token
+  falls back to the plain template (counted by the evaluator, never an error);
 - :func:`pad_class_prompts` -- stacks per-image prompt sets into ``[B, K, 77]`` arrays with a
   ``valid [B, K]`` mask;
-- :func:`read_captions` -- ``{"image": ..., "caption": ...}`` JSON lines.
+- :func:`read_captions` / :func:`caption_for` -- JSON lines ``{"image", "caption"}`` (one caption
+  per image) and ``{"image", "class", "caption"}`` (one per class, as the original makes them).
 
 Device side (jittable): :func:`upweight_class_tokens`, ``z' = z_empty + w (z - z_empty)`` at the
 class positions, where ``z_empty`` are the CLIP text states of the empty prompt ``""`` (compel's
@@ -20,18 +24,23 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffseg_jax.config import UPWEIGHTS
 from iedp_jax.infra.errors import ConfigError, InputError
 from iedp_jax.sd.tokenizer import Tokenizer
 
 CAPTION_SEPARATOR = ", "
 _NEXT_WORD = re.compile(r"\s+([^\s]+)")
+_COMPEL_UP = re.compile(r"(?<=\S)\+\+")  # compel's "word++" marker (the up-weighting is done apart)
+_LETTERS = re.compile(r"[^\W\d_]+")       # a run of letters: CLIP's pre-tokenizer keeps it one word
+
+CaptionKey = str | tuple[str, str]
 
 
 class ClassPrompts(NamedTuple):
@@ -40,7 +49,8 @@ class ClassPrompts(NamedTuple):
     ids: [K, L] int32 token ids (L = the tokenizer's max_length, 77).
     token_weights: [K, L] float32, sums to 1 per row: which tokens' cross-attention maps make the
       class map.
-    class_positions: [K, L] bool, the class name's sub-tokens (up-weighted by ``token_weight``).
+    class_positions: [K, L] bool, the sub-tokens up-weighted by ``token_weight`` (the name's last
+      word, or the whole name).
     """
 
     ids: np.ndarray
@@ -60,6 +70,24 @@ def _split_template(template: str) -> tuple[str, str]:
     return prefix, suffix
 
 
+def _continuation(prompt: str, caption: str) -> str | None:
+    """What a class-conditioned caption adds after ``prompt`` (None: it does not continue it).
+
+    The caption's compel markers (``cat++``) are dropped. When the caption continues inside the
+    prompt's last word (BLIP writes "cows" after "a photograph of cow") the rest of that word is
+    dropped too: the class word takes that word's place, as the original does for Pascal Context
+    and COCO (``out_prompt[2 + word_len] = last_word + "++"``).
+    """
+    caption = _COMPEL_UP.sub("", " ".join(caption.split()))
+    if not caption.lower().startswith(prompt.lower()):
+        return None
+    rest = caption[len(prompt):]
+    word = _LETTERS.match(rest)
+    if word is not None and prompt[-1:].isalpha():
+        rest = rest[word.end():]
+    return rest
+
+
 def build_prompt(template: str, class_name: str, caption: str | None = None) -> str:
     """The prompt text of one class.
 
@@ -68,19 +96,34 @@ def build_prompt(template: str, class_name: str, caption: str | None = None) -> 
 
     - a caption that starts with that prompt (case-insensitively) is a class-conditioned caption
       continuing it, as the original generates with BLIP (``"a photograph of cat sitting on a
-      couch"``): the prompt followed by the caption's continuation is used, i.e.
-      ``prompt + caption[len(prompt):]`` (the original's ``prompt + "++" + out[len(prompt):]``
-      with compel's ``++`` marker turned into the up-weighting of :func:`upweight_class_tokens`);
+      couch"``): the prompt followed by the caption's continuation (the original's
+      ``prompt + "++" + out[len(prompt):]``, with compel's ``++`` marker turned into the
+      up-weighting of :func:`upweight_class_tokens`). A ``++`` in the caption is dropped, and a
+      continuation inside the class word ("a photograph of cows grazing" for "cow") keeps the
+      class word and drops the rest of that word: "a photograph of cow grazing";
     - any other caption is appended after a comma: ``"a photograph of cat, a cat on a couch"``
       **(ours)** (the comma keeps the caption's first word from triggering the "-ing" rule).
     """
     prompt = template.format(_clean_name(class_name))
     if caption is None or not caption.strip():
         return prompt
-    caption = " ".join(caption.split())
-    if caption.lower().startswith(prompt.lower()):
-        return prompt + caption[len(prompt):]
-    return prompt + CAPTION_SEPARATOR + caption
+    rest = _continuation(prompt, caption)
+    if rest is not None:
+        return prompt + rest
+    return prompt + CAPTION_SEPARATOR + " ".join(caption.split())
+
+
+def caption_text(template: str, class_name: str | None, caption: str | None) -> str:
+    """The words a caption says about the image beyond its prompt: a class-conditioned caption's
+    continuation, or the whole caption (for the caption-noun filter, which must not find the
+    class name the caption was conditioned on)."""
+    if not caption:
+        return ""
+    if class_name is not None:
+        rest = _continuation(template.format(_clean_name(class_name)), caption)
+        if rest is not None:
+            return rest.strip()
+    return _COMPEL_UP.sub("", " ".join(caption.split()))
 
 
 def _next_word(rest: str) -> str | None:
@@ -92,19 +135,23 @@ def _next_word(rest: str) -> str | None:
 
 
 def class_token_weights(tokenizer: Tokenizer, template: str, class_name: str, caption: str | None = None,
-                        ing_rule: bool = True) -> ClassPrompts:
+                        ing_rule: bool = True, upweight: str = "last_word") -> ClassPrompts:
     """Ids, token weights and class mask of one class's prompt (each of shape [L]).
 
     The class name's sub-tokens are located from the template's prefix (CLIP's BPE splits text
     into words first, so the prefix's tokens are a prefix of the prompt's tokens); the weight
     goes to the name's last sub-token, or half to it and half to the following token when
-    ``ing_rule`` and the next word of the prompt ends in "ing".
+    ``ing_rule`` and the next word of the prompt ends in "ing". The mask covers the sub-tokens of
+    the name's last word (``upweight='last_word'``, compel's ``"name++"``) or of the whole name
+    (``'all_words'``).
 
     Raises:
       InputError: an empty class name, a class name cut off by the tokenizer's truncation, or a
-        class name that does not tokenize separately from the template's prefix.
-      ConfigError: a template without exactly one ``{}``.
+        class name that does not tokenize separately from the template's prefix and the caption.
+      ConfigError: a template without exactly one ``{}``, or an unknown ``upweight``.
     """
+    if upweight not in UPWEIGHTS:
+        raise ConfigError(f"upweight {upweight!r} is not one of {', '.join(UPWEIGHTS)}.")
     name = _clean_name(class_name)
     if not name:
         raise InputError(f"class name {class_name!r} is empty.")
@@ -134,28 +181,74 @@ def class_token_weights(tokenizer: Tokenizer, template: str, class_name: str, ca
     else:
         weights[end - 1] = 1.0
     mask = np.zeros(length, bool)
-    mask[start:end] = True
+    first = start
+    if upweight == "last_word" and " " in name:
+        last = tokenizer.encode_words(name.rsplit(" ", 1)[1])
+        if last and list(name_ids[-len(last):]) == list(last):
+            first = end - len(last)
+    mask[first:end] = True
     return ClassPrompts(ids, weights, mask)
 
 
+def _per_class(captions: str | Sequence[str | None] | None, k: int) -> list[str | None]:
+    if captions is None or isinstance(captions, str):
+        return [captions] * k
+    captions = list(captions)
+    if len(captions) != k:
+        raise ValueError(f"{len(captions)} captions for {k} class names.")
+    return captions
+
+
 def encode_class_prompts(tokenizer: Tokenizer, class_names: Sequence[str], template: str,
-                         caption: str | None = None, *, ing_rule: bool = True) -> ClassPrompts:
+                         caption: str | Sequence[str | None] | None = None, *, ing_rule: bool = True,
+                         upweight: str = "last_word") -> ClassPrompts:
     """Encodes one prompt per class (host side, once per class list / per image caption).
 
     Args:
       tokenizer: the Stable Diffusion CLIP tokenizer (:func:`iedp_jax.sd.load_tokenizer`).
       class_names: K candidate class names (underscores read as spaces).
       template: e.g. ``"a photograph of {}"`` (:meth:`DiffSegConfig.template`).
-      caption: optional image caption appended to every prompt (:func:`build_prompt`).
+      caption: optional image caption appended to every prompt (:func:`build_prompt`), or one
+        caption (or None) per class (the original's per-class BLIP captions).
       ing_rule: apply the "-ing" rule (:func:`class_token_weights`).
+      upweight: 'last_word' or 'all_words' (:func:`class_token_weights`).
 
     Returns:
       ``ClassPrompts(ids [K, L] int32, token_weights [K, L] float32, class_positions [K, L] bool)``.
     """
     if len(class_names) == 0:
         raise ValueError("encode_class_prompts needs at least one class name.")
-    rows = [class_token_weights(tokenizer, template, c, caption, ing_rule) for c in class_names]
+    caps = _per_class(caption, len(class_names))
+    rows = [class_token_weights(tokenizer, template, c, cap, ing_rule, upweight) for c, cap in zip(class_names, caps)]
     return ClassPrompts(*(np.stack(x) for x in zip(*rows)))
+
+
+def encode_with_fallback(tokenizer: Tokenizer, class_names: Sequence[str], template: str,
+                         caption: str | Sequence[str | None] | None = None, *, ing_rule: bool = True,
+                         upweight: str = "last_word") -> tuple[ClassPrompts, list[str | None]]:
+    """:func:`encode_class_prompts`, where a class whose captioned prompt cannot place its token
+    (the caption pushes it past the 77 tokens, or glues a word to it) gets the plain template.
+
+    Returns:
+      ``(prompts, reasons)``: ``reasons[k]`` is None, or the sentence saying why class k fell
+      back to the plain template.
+
+    Raises:
+      InputError: a class whose plain template cannot place it either (an empty or overlong name).
+    """
+    if len(class_names) == 0:
+        raise ValueError("encode_with_fallback needs at least one class name.")
+    rows, reasons = [], []
+    for c, cap in zip(class_names, _per_class(caption, len(class_names))):
+        try:
+            rows.append(class_token_weights(tokenizer, template, c, cap, ing_rule, upweight))
+            reasons.append(None)
+        except InputError as e:
+            if cap is None or not cap.strip():
+                raise
+            rows.append(class_token_weights(tokenizer, template, c, None, ing_rule, upweight))
+            reasons.append(str(e))
+    return ClassPrompts(*(np.stack(x) for x in zip(*rows))), reasons
 
 
 def empty_prompt_ids(tokenizer: Tokenizer) -> np.ndarray:
@@ -206,18 +299,21 @@ def upweight_class_tokens(z: jax.Array, z_empty: jax.Array, class_positions: jax
     return jnp.where(class_positions[..., None], boosted, z)
 
 
-def read_captions(path: str | os.PathLike) -> dict[str, str]:
-    """Reads image captions from JSON lines ``{"image": "2007_000032.jpg", "caption": "..."}``.
+def read_captions(path: str | os.PathLike) -> dict[CaptionKey, str]:
+    """Reads captions from JSON lines, one caption per image or per (image, class).
 
-    Blank lines are skipped; other keys are ignored; the image key is kept as written.
+    ``{"image": "2007_000032.jpg", "caption": "..."}`` is keyed by the image;
+    ``{"image": "2007_000032.jpg", "class": "plane", "caption": "a photograph of plane flying ..."}``
+    (what ``python -m diffseg_jax.captions --dataset voc`` writes) by ``(image, class)``. Blank lines
+    are skipped; other keys (e.g. ``"prompt"``) are ignored; the image key is kept as written.
 
     Raises:
       FileNotFoundError: no such file.
-      InputError: a line that is not a JSON object with string ``image`` and ``caption``, or an
-        image listed twice (the message names the file and line).
+      InputError: a line that is not a JSON object with string ``image`` and ``caption`` (and
+        ``class`` when present), or a key listed twice (the message names the file and line).
     """
-    out: dict[str, str] = {}
-    first_line: dict[str, int] = {}
+    out: dict[CaptionKey, str] = {}
+    first_line: dict[CaptionKey, int] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -234,13 +330,33 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
                 if not isinstance(rec.get(key), str):
                     raise InputError(f"{where}: missing or non-string {key!r} "
                                      "(expected {\"image\": ..., \"caption\": ...}).")
-            image = rec["image"]
-            if image in out:
-                raise InputError(f"{where}: image {image!r} already has a caption (line {first_line[image]}).")
-            out[image] = rec["caption"]
-            first_line[image] = n
+            if "class" in rec and not isinstance(rec["class"], str):
+                raise InputError(f"{where}: a non-string 'class' (expected {{\"image\": ..., \"class\": ..., "
+                                 "\"caption\": ...}).")
+            key: CaptionKey = (rec["image"], rec["class"]) if "class" in rec else rec["image"]
+            if key in out:
+                what = f"image {key!r}" if isinstance(key, str) else f"image {key[0]!r} and class {key[1]!r}"
+                raise InputError(f"{where}: {what} already has a caption (line {first_line[key]}).")
+            out[key] = rec["caption"]
+            first_line[key] = n
     return out
 
 
-__all__ = ["CAPTION_SEPARATOR", "ClassPrompts", "build_prompt", "class_token_weights", "empty_prompt_ids",
-           "encode_class_prompts", "pad_class_prompts", "read_captions", "upweight_class_tokens"]
+def caption_for(captions: Mapping[CaptionKey, str], image_keys: Sequence[str], class_names: Sequence[str] = ()
+                ) -> str | None:
+    """The caption of an image (tried under each of ``image_keys``, e.g. its file name and id)
+    for a class (tried under each of ``class_names``, e.g. its prompt and dataset names): a
+    per-class caption first, else the image's caption, else None."""
+    for image in image_keys:
+        for name in class_names:
+            if (image, name) in captions:
+                return captions[(image, name)]
+    for image in image_keys:
+        if image in captions:
+            return captions[image]
+    return None
+
+
+__all__ = ["CAPTION_SEPARATOR", "CaptionKey", "ClassPrompts", "build_prompt", "caption_for",
+           "caption_text", "class_token_weights", "empty_prompt_ids", "encode_class_prompts", "encode_with_fallback",
+           "pad_class_prompts", "read_captions", "upweight_class_tokens"]

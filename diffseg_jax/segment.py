@@ -3,25 +3,28 @@
     python -m diffseg_jax.segment --image photo.jpg --classes "cat,sofa,plant" \\
         --pretrained /path/to/stable-diffusion-v1-5 --out out.png [--threshold 0.5] [--caption "..."]
 
-Writes two PNGs:
+The image goes through the UNet at the pipeline's native size (UNet ``sample_size`` x the VAE
+factor: 512 for SD 1.5, 768 for SD 2.x-768) unless ``--image-size`` says otherwise. Writes:
 
 - ``out.png``: the label map, 8-bit grey (mode L), same size as the image: 0 = background, k = the
   k-th class of ``--classes`` (1-based, in the order given);
 - ``out_overlay.png``: the image with each class's colour blended over its pixels (the background
   is left as it is), above a legend strip: one colour swatch and name per class (PIL's default
   font), "background" with an empty swatch first. The strip is at least as wide as the image and
-  wraps onto as many rows as needed.
+  wraps onto as many rows as needed;
+- with ``--heat-maps``: ``out_heat_<k>.png``, class k's refined attention map over the image.
 
-Errors that a user can fix (no class, a missing or unreadable image, a missing weights folder, a
-class name that is empty or does not tokenize) print one sentence starting with ``error:`` and
-exit with status 1.
+Errors that a user can fix (no class, a missing, unreadable or empty image, a missing or broken
+weights folder, an image size that is not a positive multiple of the VAE factor, a program
+larger than the device's free memory, a class name that is empty or does not tokenize) print one
+sentence starting with ``error:`` and exit with status 1. Grey, palette, RGBA and 16-bit images
+are read as RGB.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,30 +33,17 @@ import numpy as np
 from PIL import Image
 
 from diffseg_jax.config import DTYPES, TEMPLATES, DiffSegConfig
-from diffseg_jax.pipeline import load_diffsegmenter
-from diffseg_jax.prompts import pad_class_prompts
-from iedp_jax.infra.errors import ConfigError, InputError, UserError
-from iedp_jax.infra.visualize import above, legend, overlay_labels
+from diffseg_jax.images import class_colours, heat_map, legend_strip, overlay_with_legend, read_image, voc_palette
+from diffseg_jax.pipeline import PretrainedDiffSegmenter, load_diffsegmenter
+from iedp_jax.infra.errors import ConfigError, UserError
 from iedp_jax.sd.weights import WeightsError
 
 __all__ = ["class_colours", "legend_strip", "main", "overlay_path", "overlay_with_legend", "parse_classes",
            "read_image", "voc_palette"]
 
 MAX_CLASSES = 254  # label values 1..254 fit an 8-bit PNG next to background 0 (255 stays free)
-
-
-def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map ``[n, 3]`` uint8 (label k's bits spread over R, G, B)."""
-    out = np.zeros((n, 3), np.uint8)
-    for k in range(n):
-        c, r, g, b = k, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out[k] = (r, g, b)
-    return out
+ADVICE = ("lower --image-size (now {size}; the pipeline's native size is {native}) or --classes-per-call "
+          "(the UNet rows of one call)")
 
 
 def parse_classes(text: str) -> list[str]:
@@ -79,44 +69,10 @@ def parse_classes(text: str) -> list[str]:
     return parts
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as uint8 RGB [H, W, 3]; a missing or unreadable file is an InputError."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"the image {str(p)!r} does not exist.")
-    try:
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:
-        raise InputError(f"the image {str(p)!r} cannot be read ({type(e).__name__}: {e}).") from None
-
-
-def class_colours(num_classes: int) -> np.ndarray:
-    """``[num_classes + 1, 3]`` uint8: index 0 (background) black, k >= 1 the VOC palette's colour k."""
-    return voc_palette(num_classes + 1)
-
-
-def overlay_path(out: str | os.PathLike) -> Path:
+def overlay_path(out: str | Path) -> Path:
     """``dir/out.png`` -> ``dir/out_overlay.png``."""
     out = Path(out)
     return out.with_name(f"{out.stem}_overlay.png")
-
-
-def legend_strip(names: Sequence[str], colours: np.ndarray, width: int) -> np.ndarray:
-    """The legend under the overlay (:func:`iedp_jax.infra.visualize.legend`): "background" with
-    an empty swatch, then ``names[k - 1]`` with ``colours[k]`` for every class."""
-    return legend([("background", None)] + [(n, colours[k + 1]) for k, n in enumerate(names)], width)
-
-
-def overlay_with_legend(image: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float = 0.5
-                        ) -> np.ndarray:
-    """The image with class colours blended at ``alpha`` (background pixels unchanged) stacked
-    above :func:`legend_strip`; white fills the right side when the legend is wider."""
-    colours = class_colours(len(names))
-    labels = np.asarray(labels)
-    shown = np.where(labels == 0, 255, labels)  # 255 = left as the image
-    top = overlay_labels(image, shown, colours, alpha=alpha, ignore_index=255)
-    return above(top, legend_strip(names, colours, image.shape[1]))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,48 +84,65 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="the image file (JPEG, PNG, ...)")
     p.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,sofa,plant"')
     p.add_argument("--pretrained", required=True,
-                   help="a local Stable Diffusion 1.x folder in the diffusers layout (unet/, vae/, text_encoder/, "
+                   help="a local Stable Diffusion 1.x/2.x folder in the diffusers layout (unet/, vae/, text_encoder/, "
                         "tokenizer/, scheduler/)")
     p.add_argument("--out", required=True, help="the label-map PNG to write; the overlay goes to <out>_overlay.png")
     p.add_argument("--threshold", type=float, default=None,
                    help="background score in [0, 1]: a pixel is background unless some class map exceeds it "
                         "(default 0.5)")
     p.add_argument("--caption", default=None, help="an image caption appended to every class prompt")
-    p.add_argument("--image-size", type=int, default=512, help="side the image is resized to for the UNet (512)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side the image is resized to for the UNet (default: the pipeline's native size, UNet "
+                        "sample_size x the VAE factor: 512 for SD 1.5)")
+    p.add_argument("--classes-per-call", type=int, default=None,
+                   help="UNet rows (classes) per call (default: all classes in one call); lower it when memory is "
+                        "short")
     p.add_argument("--template", default="voc", choices=tuple(dict(TEMPLATES)),
                    help='prompt template: voc = "a photograph of {}", context/coco = "a photography of {}"')
     p.add_argument("--seed", type=int, default=0, help="seed of the one noise draw (0)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (0.5)")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="compute dtype (float32)")
+    p.add_argument("--heat-maps", action="store_true", help="also write each class's map as <out>_heat_<k>.png")
     return p
 
 
 def run(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Segments ``args.image`` and writes the two PNGs; returns their paths."""
+    """Segments ``args.image`` and writes the PNGs; returns the label map's and the overlay's paths."""
     names = parse_classes(args.classes)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold {args.threshold} is outside [0, 1] (the class maps are normalised to [0, 1]).")
-    image = read_image(args.image)
+    if args.image_size is not None and args.image_size <= 0:
+        raise ConfigError(f"--image-size {args.image_size} must be positive (default: the pipeline's native size).")
+    if args.classes_per_call is not None and args.classes_per_call <= 0:
+        raise ConfigError(f"--classes-per-call {args.classes_per_call} must be positive (default: all classes).")
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {str(out)!r} must name a .png file.")
-    config = DiffSegConfig(image_size=args.image_size, dataset=args.template, noise_seed=args.seed,
+    image = read_image(args.image)
+    config = DiffSegConfig(dataset=args.template, noise_seed=args.seed,
                            **({} if args.threshold is None else {"threshold": args.threshold}))
     seg, params = load_diffsegmenter(args.pretrained, config, dtype=DTYPES[args.dtype])
+    if args.image_size is not None:
+        seg = seg.resized(args.image_size, knob="--image-size")
+    model = PretrainedDiffSegmenter(seg, params, advice=ADVICE)
     hf_logger = logging.getLogger("transformers")
     level = hf_logger.level
     hf_logger.setLevel(logging.ERROR)  # the tokenizer's "sequence too long" warning: we say it below
     try:
-        prompts = seg.encode_prompts(names, caption=args.caption)
+        result = model.segment(image, names, caption=args.caption, classes_per_call=args.classes_per_call)
     finally:
         hf_logger.setLevel(level)
-    ids, weights, pos, valid = pad_class_prompts([prompts], seg.tokenizer)
-    labels, _ = seg.segment(params, image[None], ids, weights, pos, valid, config.noise_seed)
-    labels = np.asarray(labels[0]).astype(np.uint8)
+    for name, why in zip(names, result.fallbacks):
+        if why:
+            print(f"warning: class {name!r} uses the plain template: {why}", file=sys.stderr)
+    labels = result.labels.astype(np.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(labels).save(out)
     over = overlay_path(out)
     Image.fromarray(overlay_with_legend(image, labels, names, args.alpha)).save(over)
+    if args.heat_maps:
+        for k, name in enumerate(names):
+            Image.fromarray(heat_map(image, result.maps[k], name)).save(out.with_name(f"{out.stem}_heat_{k + 1}.png"))
     return out, over
 
 

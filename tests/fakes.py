@@ -209,3 +209,59 @@ def write_tiny_clip(folder: Path, backbone: Path) -> Path:
     for f in (Path(backbone) / "tokenizer").iterdir():
         shutil.copy(f, Path(folder) / f.name)
     return Path(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# DiffSegmenter: a pipeline whose native resolution is not 512 px, and a tokenizer whose words
+# are single tokens as in the real CLIP vocabulary.
+
+# Every word here is one token in openai/clip-vit-large-patch14's vocab.json ("cow</w>", "cows</w>",
+# "cat</w>", "cattle</w>", "photograph</w>", "photography</w>", ...): the plural or longer word is
+# its own token, not the class token plus a suffix, which is what breaks a prompt that glues a
+# caption's word to the class name.
+CLIP_WORDS = ("a", "photograph", "photography", "of", "cow", "cows", "dog", "dogs", "cat", "cattle", "cats",
+              "grazing", "sitting", "running", "on", "in", "the", "field", "grass", "couch", "sofa", "and",
+              "with", "potted", "plant", "traffic", "light", "dining", "table", "plane", "flying", "people", "sky")
+
+
+def write_word_tokenizer(folder: Path, words=CLIP_WORDS) -> Path:
+    """A CLIP tokenizer folder (vocab.json + merges.txt) in which each of ``words`` is one token."""
+    from iedp_jax.sd.tiny import write_tokenizer
+
+    write_tokenizer(folder, words)
+    return Path(folder)
+
+
+def write_native_pipeline(folder: Path, backbone: Path, sample_size: int = 16, vae_blocks: int = 2) -> Path:
+    """The tiny backbone with UNet ``sample_size`` and a VAE of ``vae_blocks`` blocks (factor
+    ``2 ** (vae_blocks - 1)``): native resolution ``sample_size * factor`` (32 px by default).
+    Idempotent."""
+    import json
+    import shutil
+
+    import jax
+    import jax.numpy as jnp
+
+    from iedp_jax.sd.export import save_component
+    from iedp_jax.sd.tiny import RESIDUAL_SCALE, random_params, tiny_vae_config
+    from iedp_jax.sd.vae import AutoencoderKL, VAEConfig
+
+    folder = Path(folder)
+    if (folder / "done").is_file():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(backbone, folder)
+    cfg = json.loads((folder / "unet" / "config.json").read_text())
+    cfg["sample_size"] = sample_size
+    (folder / "unet" / "config.json").write_text(json.dumps(cfg))
+    vcfg = tiny_vae_config()
+    for key in ("block_out_channels", "down_block_types", "up_block_types"):
+        vcfg[key] = vcfg[key][:vae_blocks]
+    vae = AutoencoderKL(VAEConfig.from_dict(vcfg))
+    shapes = jax.eval_shape(lambda: vae.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))["params"]
+    shutil.rmtree(folder / "vae")
+    save_component(folder / "vae", vcfg, random_params(shapes, jax.random.PRNGKey(3), residual_scale=RESIDUAL_SCALE),
+                   "diffusion_pytorch_model.safetensors")
+    (folder / "done").write_text("")
+    return folder

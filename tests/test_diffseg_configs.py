@@ -24,6 +24,8 @@ from diffseg_jax.builders import BUILDERS
 from diffseg_jax.config import (
     CLIP_TEMPLATE,
     NOUN_THRESHOLD,
+    PAPER_DIFFSEG,
+    PAPER_SWEEP,
     RATIO,
     SCHEMA_FIELDS,
     DiffSegConfig,
@@ -44,26 +46,35 @@ pytestmark = pytest.mark.xdist_group("diffseg_configs")
 ROOT = Path(__file__).resolve().parents[1]
 # Two images of different sizes per dataset: the canvas is their largest height and width.
 SIZES = {"voc": [(48, 64), (40, 56)], "context": [(44, 64), (48, 60)], "coco": [(48, 52), (40, 64)]}
-RESULT_KEYS = {"dataset", "protocol", "num_images", "num_classes", "filtering", "threshold", "mIoU", "aAcc", "mAcc",
-               "IoU", "Acc", "images_per_s", "images_per_s_after_first_batch", "seconds", "mean_candidates",
-               "published_mIoU", "setup"}
+RESULT_KEYS = {"dataset", "split", "protocol", "num_images", "num_classes", "filtering", "threshold", "mIoU", "aAcc",
+               "mAcc", "IoU", "Acc", "images_per_s", "images_per_s_after_first_batch", "seconds", "mean_candidates",
+               "rows_computed", "rows_useful", "prompt_fallbacks", "skipped_images", "num_skipped_images",
+               "published_mIoU", "setup", "threshold_sweep"}
 
 
 def test_shipped_configs_are_the_schema_defaults():
     """Each shipped config is ``default_config(name)``, whose method section maps back to the
-    dataclass defaults; the schema restates no default."""
+    dataclass defaults but for the paper's choices (a posterior sample); the schema restates no
+    default. The paper's protocol: the original's prompt names, the last word up-weighted, the
+    native image size, the threshold grid 0.30..0.74."""
     for name, b in BENCHMARKS.items():
         c = load_config(f"diffseg_{name}")
         assert c == default_config(name)
-        assert diffseg_config(c) == DiffSegConfig(dataset=name)
+        assert diffseg_config(c) == DiffSegConfig(dataset=name, **PAPER_DIFFSEG)
         assert c.data.name == name and c.data.format == "tfds" and c.filtering.mode == "clip"
         assert c.published_miou == b.published_miou
+        assert c.prompt_names == "official" and c.diffseg.upweight == "last_word" and c.diffseg.image_size == 0
+        assert tuple(c.eval.sweep_thresholds) == PAPER_SWEEP
+        doc = (ROOT / f"configs/diffseg_{name}.py").read_text()
+        assert f"{b.published_miou}" in doc and "python -m diffseg_jax.evaluate" in doc
+    assert PAPER_SWEEP[0] == 0.3 and PAPER_SWEEP[-1] == 0.74 and len(PAPER_SWEEP) == 45
     c = default_config("coco")
     assert (c.filtering.ratio, c.filtering.noun_threshold, c.filtering.template) == (RATIO, NOUN_THRESHOLD,
                                                                                       CLIP_TEMPLATE)
     # Overrides reach the dataclass; every field is in the schema but the derived or fixed ones.
     c.diffseg.threshold, c.diffseg.cross_resolutions = 0.4, ((8, 1.0),)
-    assert diffseg_config(c) == DiffSegConfig(threshold=0.4, cross_resolutions=((8, 1.0),), dataset="coco")
+    assert diffseg_config(c) == DiffSegConfig(threshold=0.4, cross_resolutions=((8, 1.0),), dataset="coco",
+                                              **PAPER_DIFFSEG)
     fields = {f.name for f in dataclasses.fields(DiffSegConfig)}
     assert fields - set(SCHEMA_FIELDS) == {"dataset", "latent_scale", "templates", "eps"}
 
@@ -83,8 +94,8 @@ def test_config_errors_are_one_sentence(tmp_path):
     with pytest.raises(ConfigError, match=r"^eval.batch_size=3 must be a multiple of the 2 devices"):
         sharding.batch_per_step(3, two, "eval.batch_size")
     assert sharding.batch_per_step(0, four, "b") == 4 and sharding.batch_per_step(8, four, "b") == 8
-    with pytest.raises(ConfigError, match=r"^dtype='float16' is not one of float32, bfloat16\.$"):
-        jnp_dtype("float16")
+    with pytest.raises(ConfigError, match=r"^dtype='float64' is not one of float32, bfloat16, float16\.$"):
+        jnp_dtype("float64")
     c.data.format = "zip"
     with pytest.raises(ConfigError, match="data.format='zip' is not known: use one of tfds, folders"):
         open_dataset(c.data)
@@ -110,7 +121,7 @@ def test_shipped_config_from_the_command_line(name, models, tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "diffseg_jax.evaluate", "--config", str(ROOT / f"configs/diffseg_{name}.py"),
          "--workdir", str(tmp_path / "w"), f"--config.pretrained={backbone}", f"--config.data.data_dir={data}",
-         f"--config.filtering.clip_path={clip}", "--config.diffseg.image_size=64"],
+         f"--config.filtering.clip_path={clip}", "--config.eval.sweep_thresholds=(0.4,0.5)"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"[diffseg] {name} (2 images, filtering clip): mIoU" in res.stdout
@@ -125,7 +136,10 @@ def test_shipped_config_from_the_command_line(name, models, tmp_path):
                              "background, label 255 ignored, at each image's full resolution; background = the "
                              "constant threshold 0.5; candidate classes: the CLIP category filter.")
     want_canvas = [max(h for h, _ in SIZES[name]), max(w for _, w in SIZES[name])]
+    # The native size of the tiny backbone (UNet sample_size 8 x VAE factor 8), without --config.diffseg.image_size.
     assert r["setup"]["canvas"] == want_canvas and r["setup"]["image_size"] == 64
+    assert r["setup"]["prompt_names"] == "official" and r["setup"]["posterior"] == "sample"
+    assert r["threshold_sweep"]["thresholds"] == [0.4, 0.5] and r["rows_useful"] <= r["rows_computed"]
     assert r["setup"]["template"] == ("a photograph of {}" if name == "voc" else "a photography of {}")
     # The default format prepared the folder into tfds's data directory first.
     assert list(tfds_dir.glob(f"{BUILDERS[name].name}/*/*.array_record-*"))

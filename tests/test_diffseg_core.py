@@ -202,8 +202,12 @@ def test_config_resolutions():
     assert cfg.cross_weights(8) == {1: 0.3, 2: 0.5, 4: 0.1, 8: 0.1}
     assert DiffSegConfig(cross_resolutions=[[8, 0.3], [4, 0.7]]).cross_resolutions == ((8, 0.3), (4, 0.7))
     assert cfg.cross_weights(60) == {8: 0.3, 15: 0.5, 30: 0.1, 60: 0.1}  # strided convolutions round up
-    with pytest.raises(ConfigError, match="self_attn_dtype 'float16' is not one of float32, bfloat16"):
-        DiffSegConfig(self_attn_dtype="float16")
+    with pytest.raises(ConfigError, match="self_attn_dtype 'float64' is not one of float32, bfloat16, float16"):
+        DiffSegConfig(self_attn_dtype="float64")
+    with pytest.raises(ConfigError, match="posterior 'mode' is not one of mean, sample"):
+        DiffSegConfig(posterior="mode")
+    with pytest.raises(ConfigError, match=r"image_size must be positive \(or 0 for the pipeline's native size\)"):
+        DiffSegConfig(image_size=-8)
     with pytest.raises(ConfigError, match="no template"):
         DiffSegConfig(dataset="ade")
     with pytest.raises(ConfigError, match="distinct powers of two"):

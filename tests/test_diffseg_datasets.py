@@ -181,7 +181,8 @@ def _config(name, backbone, data_dir, **eval_overrides):
     c.diffseg.image_size = 64
     c.filtering.mode = "all"
     c.eval.batch_size = 2  # 3 images: the second batch has a padding row
-    c.eval.classes_per_call = 16
+    c.eval.rows_per_call = 16  # 40 rows in the first batch, 20 in the second: blocks of 16 (one compiled shape)
+    c.eval.bucket_rows = False
     for k, v in eval_overrides.items():
         c.eval[k] = v
     return c
@@ -206,15 +207,20 @@ def test_evaluate_voc_matches_the_pipeline(voc_results, backbone, fake):
     assert r["protocol"].startswith("PASCAL VOC 2012 val (3 images), mIoU over 21 classes with the background")
     assert len(r["IoU"]) == 21 and list(r["IoU"]) == list(VOC_CLASSES) and r["threshold"] == 0.5
     assert r["images_per_s"] > 0 and r["mean_candidates"] == 20 and r["published_mIoU"] == pytest.approx(0.601)
+    assert r["rows_useful"] == 60 and r["rows_computed"] == 16 * 3 + 16 * 2  # 40 + 20 pairs in blocks of 16
+    assert r["prompt_fallbacks"] == 0 and r["num_skipped_images"] == 0 and r["split"] == "val"
     # The sweep is a separate entry; its 0.5 column is the fixed-threshold result.
     s = r["threshold_sweep"]
     assert s["thresholds"] == [0.3, 0.5, 0.7] and len(s["mIoU"]) == 3
     assert s["mIoU"][1] == pytest.approx(r["mIoU"]) and s["best_mIoU"] == max(s["mIoU"])
 
-    seg, params = load_diffsegmenter(backbone, DiffSegConfig(image_size=64, dataset="voc"))
+    # The paper's settings: the native size (64 px for the tiny backbone), a posterior sample, the
+    # original's prompt names.
+    seg, params = load_diffsegmenter(backbone, DiffSegConfig(dataset="voc", posterior="sample"))
+    assert seg.config.image_size == 64
     ds = make_dataset("voc", fake["voc"])
     examples = [ds.load(i) for i in range(3)]
-    prompts = seg.encode_prompts(list(ds.prompt_names))
+    prompts = seg.encode_prompts(list(ds.benchmark.official_names))
     ids, tw, pos, valid = pad_class_prompts([prompts] * 3, seg.tokenizer)
     _, maps = seg.segment(params, np.stack([e[0] for e in examples]), ids, tw, pos, valid, 0)
     labels = np.stack([e[1] for e in examples])
@@ -257,7 +263,8 @@ def test_command_line(backbone, fake, tmp_path, voc_results):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     base = [sys.executable, "-m", "diffseg_jax.evaluate", "--config", str(ROOT / "configs/diffseg_voc.py"),
             f"--config.pretrained={backbone}", "--config.diffseg.image_size=64", "--config.filtering.mode=all",
-            "--config.eval.batch_size=2", "--config.eval.classes_per_call=16", "--config.data.format=folders"]
+            "--config.eval.batch_size=2", "--config.eval.rows_per_call=16", "--config.eval.bucket_rows=False",
+            "--config.data.format=folders"]
     res = subprocess.run(base + [f"--config.data.data_dir={fake['voc']}", "--workdir", str(tmp_path / "w"),
                                  "--config.eval.sweep_thresholds=(0.3,0.5,0.7)"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -265,8 +272,11 @@ def test_command_line(backbone, fake, tmp_path, voc_results):
     got = json.loads((tmp_path / "w" / "results.json").read_text())
     want = voc_results[0]
     assert got["setup"]["devices"] == 2 and got["setup"]["batch_size"] == 2
-    assert got["mIoU"] == pytest.approx(want["mIoU"], abs=1e-6)
-    assert got["threshold_sweep"]["mIoU"] == pytest.approx(want["threshold_sweep"]["mIoU"], abs=1e-6)
+    # The same metrics up to a few pixels: XLA's 2-device programs round differently (latents differ by
+    # ~2e-7, maps by ~5e-6, and the random tiny backbone's maps have near-ties at the thresholds).
+    assert got["mIoU"] == pytest.approx(want["mIoU"], abs=1e-4)
+    assert got["threshold_sweep"]["mIoU"] == pytest.approx(want["threshold_sweep"]["mIoU"], abs=1e-4)
+    assert (got["rows_useful"], got["rows_computed"]) == (want["rows_useful"], want["rows_computed"])
     assert "[diffseg] voc (3 images, filtering all): mIoU" in res.stdout
     res = subprocess.run(base + [f"--config.data.data_dir={tmp_path / 'nowhere'}", "--workdir", str(tmp_path / "x")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -59,13 +59,20 @@ def test_weight_on_last_subtoken_of_multitoken_class(tokenizer):
         np.testing.assert_array_equal(ids[row], tokenizer([text])[0])
         start, end = tokenizer.token_spans(text, [name])[0]
         assert np.flatnonzero(weights[row]).tolist() == [end - 1]
-        assert np.flatnonzero(pos[row]).tolist() == list(range(start, end))
+        last = name.split()[-1]  # compel's "name++" up-weights the last word (all of its sub-tokens)
+        lstart, lend = tokenizer.token_spans(text, [last])[0]
+        assert lend == end and np.flatnonzero(pos[row]).tolist() == list(range(lstart, lend))
     # "cat" is three sub-tokens in the tiny vocabulary; the weight is on the last one, "t</w>".
     toks = _tokens(tokenizer, "a photograph of cat")
     assert toks[8:11] == ["c", "a", "t</w>"]
     assert weights[0, 10] == 1.0 and pos[0, 8:11].all() and pos[0].sum() == 3
-    # "red square" is two words, one token each: the weight goes to "square", both are up-weighted.
-    assert weights[1, 9] == 1.0 and pos[1, 8:10].all() and pos[1].sum() == 2
+    # "red square" is two words, one token each: the weight goes to "square", and only "square" is
+    # up-weighted (the last word); with upweight='all_words' both are.
+    assert weights[1, 9] == 1.0 and pos[1, 9] and pos[1].sum() == 1
+    _, _, pos_all = encode_class_prompts(tokenizer, ["red square"], TEMPLATE, upweight="all_words")
+    assert pos_all[0, 8:10].all() and pos_all[0].sum() == 2
+    with pytest.raises(ConfigError, match="upweight 'first' is not one of last_word, all_words"):
+        encode_class_prompts(tokenizer, ["cat"], TEMPLATE, upweight="first")
 
 
 def test_ing_rule(tokenizer):

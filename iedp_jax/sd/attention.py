@@ -122,12 +122,29 @@ def fused_implementation(q: jax.Array) -> str | None:
     return None
 
 
+def _cpu_float16(x: jax.Array) -> bool:
+    """XLA:CPU has no float16 x float16 -> float32 dot: such inputs are computed in float32 there."""
+    return x.dtype == jnp.float16 and jax.default_backend() == "cpu"
+
+
+def sdpa(q: jax.Array, k: jax.Array, v: jax.Array, **kwargs) -> jax.Array:
+    """``jax.nn.dot_product_attention(q, k, v, **kwargs)`` ([B, T, N, D] inputs), computed in float32
+    for float16 inputs on a CPU (cast back to ``v``'s dtype)."""
+    if _cpu_float16(q):
+        kwargs.pop("implementation", None)
+        f32 = jnp.float32
+        return jax.nn.dot_product_attention(q.astype(f32), k.astype(f32), v.astype(f32), **kwargs).astype(v.dtype)
+    return jax.nn.dot_product_attention(q, k, v, **kwargs)
+
+
 def head_mean_probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
     """Head-averaged ``softmax(q k^T * scale)`` in float32, one head at a time.
 
     q: [B, Q, N, D], k: [B, K, N, D] -> [B, Q, K]. A scan over heads keeps one head's
     [B, Q, K] logits alive at a time instead of all N (8x less memory for a 64x64 SD layer).
     """
+    if _cpu_float16(q):
+        q, k = q.astype(jnp.float32), k.astype(jnp.float32)
     qh, kh = jnp.moveaxis(q, 2, 0), jnp.moveaxis(k, 2, 0)  # [N, B, T, D]
 
     def add_head(total: jax.Array, qk: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
@@ -155,7 +172,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int,
     d = inner // heads
     q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, d) for t in (q, k, v))  # [B, T, N, D]
     scale = d ** -0.5
-    out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=fused_implementation(q))
+    out = sdpa(q, k, v, scale=scale, implementation=fused_implementation(q))
     if record is not None:
         record.sow("intermediates", "probs", head_mean_probs(q, k, scale))
     return out.reshape(b, nq, inner)

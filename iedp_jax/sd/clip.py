@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from iedp_jax.sd.attention import dot_product_attention
+from iedp_jax.sd.attention import dot_product_attention, sdpa
 from iedp_jax.sd.weights import (
     WeightsError,
     checkpoint_files,
@@ -257,8 +257,7 @@ class CLIPAttention(nn.Module):
             b, t, d = q.shape
             q, k, v = (a.reshape(b, t, self.heads, d // self.heads) for a in (q, k, v))
             mask = None if padding_mask is None else padding_mask.astype(bool)[:, None, None, :]
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
-                                               scale=(d // self.heads) ** -0.5)
+            out = sdpa(q, k, v, mask=mask, is_causal=causal, scale=(d // self.heads) ** -0.5)
             out = out.reshape(b, t, d)  # [B, T, D]
         return nn.Dense(self.hidden_size, name="out_proj", **kw)(out)
 

@@ -199,8 +199,15 @@ def tiny_clip_vocab(words: Sequence[str] = TOKENIZER_WORDS) -> tuple[dict[str, i
 
 
 def _write_tokenizer(folder: Path) -> int:
-    """Writes a transformers-4-style CLIP tokenizer folder (as SD 1.5's); returns the vocab size."""
-    vocab, merges = tiny_clip_vocab()
+    """Writes the tiny backbone's tokenizer folder; returns the vocab size."""
+    return write_tokenizer(folder)
+
+
+def write_tokenizer(folder: str | os.PathLike, words: Sequence[str] = TOKENIZER_WORDS) -> int:
+    """Writes a transformers-4-style CLIP tokenizer folder (as SD 1.5's) in which every word of
+    ``words`` is one token (:func:`tiny_clip_vocab`); returns the vocab size."""
+    vocab, merges = tiny_clip_vocab(words)
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "vocab.json", "w", encoding="utf-8") as f:
         json.dump(vocab, f, ensure_ascii=False)

@@ -86,10 +86,15 @@ class UNetConfig:
     time_embedding_dim: int | None = None
     conv_in_kernel: int = 3
     conv_out_kernel: int = 3
+    sample_size: int | None = None  # the latent side the UNet was trained at (64 for SD 1.5); None: unknown
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> UNetConfig:
         """Reads a diffusers config dict; unsupported variants fail with the field named."""
+        kind = cfg.get("_class_name") or (cfg.get("architectures") or [None])[0] or cfg.get("model_type")
+        if kind is not None and kind != "UNet2DConditionModel":
+            raise WeightsError(f"it describes a {kind}, not a UNet2DConditionModel: point it at a diffusers Stable "
+                               "Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
         for field, default in _UNSUPPORTED.items():
             if cfg.get(field, default) not in (default,):
                 raise WeightsError(f"UNet config field {field}={cfg[field]!r} is not supported "
@@ -144,12 +149,24 @@ class UNetConfig:
             time_embedding_dim=cfg.get("time_embedding_dim"),
             conv_in_kernel=cfg.get("conv_in_kernel", 3),
             conv_out_kernel=cfg.get("conv_out_kernel", 3),
+            sample_size=_sample_size(cfg.get("sample_size")),
         )
 
     @property
     def downsample_factor(self) -> int:
         """Ratio between the latent and the coarsest feature map."""
         return 2 ** (len(self.block_out_channels) - 1)
+
+
+def _sample_size(value: Any) -> int | None:
+    """diffusers' ``sample_size`` (an int, or [h, w] with h == w) as one side; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise WeightsError(f"UNet config sample_size={value!r} is not square (only square sizes are supported).")
+        value = value[0]
+    return int(value)
 
 
 def timestep_embedding(t: jax.Array, dim: int, flip_sin_to_cos: bool, shift: float,

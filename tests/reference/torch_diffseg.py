@@ -33,10 +33,14 @@ def segment_per_class(seg: DiffSegmenter, params, images, prompt_ids, token_weig
 
 
 def torch_reference(folder: Path, seg: DiffSegmenter, images: np.ndarray, ids: np.ndarray, weights: np.ndarray,
-                    pos: np.ndarray):
+                    pos: np.ndarray, valid: np.ndarray | None = None, cfg_batch: bool = False):
     """The same steps in PyTorch (diffusers UNet/VAE, transformers CLIP), one UNet call per class,
     with the pipeline's own noise draws (seed 0, image b keyed by b). Returns ``run()`` -> class
-    maps [B, K, H, W] (numpy)."""
+    maps [B, K, H, W] (numpy; 0 for the classes ``valid`` [B, K] leaves out, which are not run).
+
+    ``cfg_batch``: each call is the original's classifier-free pair, latents ``[z, z]`` with the
+    contexts ``["", prompt]`` (batch 2), of which only the conditional row's maps are kept (the
+    original computes the unconditional half and discards it)."""
     import torch
     import torch.nn.functional as F
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -83,6 +87,7 @@ def torch_reference(folder: Path, seg: DiffSegmenter, images: np.ndarray, ids: n
     @torch.no_grad()
     def run():
         out = []
+        uncond = empty[None]
         for b in range(images.shape[0]):
             x = torch.from_numpy(images[b:b + 1]).permute(0, 3, 1, 2).float() / 255.0
             x = F.interpolate(x, (cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False) * 2 - 1
@@ -90,11 +95,19 @@ def torch_reference(folder: Path, seg: DiffSegmenter, images: np.ndarray, ids: n
             z = acp[t].sqrt() * z0 + (1 - acp[t]).sqrt() * noises[b]
             maps = []
             for c in range(ids.shape[1]):
+                if valid is not None and not valid[b, c]:
+                    maps.append(torch.zeros((1,) + tuple(images.shape[1:3])))
+                    continue
                 store.clear()
                 zt = text(torch.from_numpy(ids[b, c:c + 1].astype(np.int64))).last_hidden_state
                 m = torch.from_numpy(pos[b, c])[None, :, None]
                 zt = torch.where(m, empty + cfg.token_weight * (zt - empty), zt)
-                unet(z, torch.tensor([t]), zt)
+                if cfg_batch:
+                    unet(torch.cat([z, z]), torch.tensor([t, t]), torch.cat([uncond, zt]))
+                    for key, v in store.items():  # keep the conditional row (the second)
+                        store[key] = [x[1:] for x in v]
+                else:
+                    unet(z, torch.tensor([t]), zt)
                 w = torch.from_numpy(weights[b, c:c + 1])
                 a = 0
                 for side, wt in cross_sides.items():
