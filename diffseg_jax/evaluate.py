@@ -97,7 +97,6 @@ from diffseg_jax.pipeline import (
 from diffseg_jax.prompts import CaptionKey, caption_for, caption_text, empty_prompt_ids, read_captions
 from iedp_jax.infra import cli, sharding
 from iedp_jax.infra.compile import Synchronized
-from iedp_jax.infra.distributed import barrier
 from iedp_jax.infra.errors import ConfigError, InputError, UserError
 from iedp_jax.infra.metrics import confusion_matrix, segmentation_metrics
 from iedp_jax.infra.threads import config_threads
@@ -151,30 +150,19 @@ def labels_at(best: jax.Array, arg: jax.Array, threshold: float | jax.Array) -> 
     return jnp.where(best > threshold, arg, 0).astype(jnp.int32)
 
 
-class _Guarded:
-    """A jitted function compiled ahead of time once per input signature, after the memory
-    guard (:func:`~diffseg_jax.pipeline.check_memory`); every new compilation ends at a
-    :func:`barrier`, so all processes start it together."""
+def _guarded(jitted, name: str, what: Callable[[tuple], tuple[str, int]], advice: Callable[[], str]) -> Synchronized:
+    """``jitted`` compiled once per input signature behind the memory guard
+    (:func:`~diffseg_jax.pipeline.check_memory`): a floor known before compiling, then XLA's
+    memory analysis of the compiled program, both before anything runs."""
 
-    def __init__(self, jitted, name: str, what: Callable[[tuple], tuple[str, int]], advice: Callable[[], str]) -> None:
-        self.jitted, self.name, self.what, self.advice = jitted, name, what, advice
-        self._compiled: dict = {}
+    def before(args: tuple) -> None:
+        desc, floor = what(args)
+        check_memory(floor, desc, advice(), at_least=True)
 
-    def __call__(self, *args):
-        leaves, treedef = jax.tree.flatten(args)
-        key = treedef, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else type(x) for x in leaves)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            what, floor = self.what(args)
-            check_memory(floor, what, self.advice(), at_least=True)
-            compiled = self.jitted.lower(*args).compile()
-            check_memory(compiled_bytes(compiled), what, self.advice())
-            self._compiled[key] = compiled
-            barrier(f"compiled {self.name} #{len(self._compiled)}")
-        return compiled(*args)
+    def after(args: tuple, compiled) -> None:
+        check_memory(compiled_bytes(compiled), what(args)[0], advice())
 
-    def cache_size(self) -> int:
-        return len(self._compiled)
+    return Synchronized(jitted, name, before, after)
 
 
 class EvalFns:
@@ -210,7 +198,7 @@ class EvalFns:
                     attention_floor_bytes(seg, per))
 
         self.latents = Synchronized(jax.jit(latents, out_shardings=batch_sh), "latents")
-        self.rows = _Guarded(jax.jit(rows, donate_argnums=(9, 10), out_shardings=(batch_sh, batch_sh, batch_sh)),
+        self.rows = _guarded(jax.jit(rows, donate_argnums=(9, 10), out_shardings=(batch_sh, batch_sh, batch_sh)),
                              "rows", what, advice or (lambda: "lower diffseg.image_size or eval.rows_per_call"))
         self.finish = Synchronized(jax.jit(finish, out_shardings=repl), "finish")
         self.init = jax.jit(init, static_argnums=0, out_shardings=(batch_sh, batch_sh))
@@ -468,16 +456,6 @@ def pack_rows(pairs: int, rows_per_call: int, unit: int = 1, bucket: bool = True
     return sizes
 
 
-def _local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded array, in order (no transfer of other rows)."""
-    parts: dict[int, np.ndarray] = {}
-    for shard in x.addressable_shards:
-        start = shard.index[0].start or 0
-        if start not in parts:
-            parts[start] = np.asarray(shard.data)
-    return np.concatenate([parts[k] for k in sorted(parts)])
-
-
 @dataclasses.dataclass
 class _Counts:
     rows_computed: int = 0
@@ -581,7 +559,7 @@ def _batch(run: Run, local: list[int], examples: list, prompt_rows: _PromptRows,
                                    g["class_ids"], batch["hw"], best, arg)
         counts.rows_computed += size * n_proc
         if saving:
-            local_maps = _local_rows(maps)
+            local_maps = sharding.local_rows(maps)
             for j, (r, c, *_) in enumerate(part):
                 if 0 <= local[r] < save_below:
                     kept.setdefault(r, []).append((c, local_maps[j]))

@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 from iedp_jax.infra.cli import require_sizes, run
 from iedp_jax.infra.lock import workdir_lock
 from iedp_jax.sd.weights import WeightsError
-from iedp_jax.trainer import train
+from iedp_jax.trainer import check_workdir, train
 
 # Sizes a run needs (a zero or negative one fails here, naming the flag, before anything loads).
 POSITIVE = ("train.total_steps", "train.batch_size", "train.grad_accum_steps", "train.log_every", "train.ckpt_every",
@@ -26,6 +26,7 @@ NON_NEGATIVE = ("train.eval_every", "train.num_panels")
 
 def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
     require_sizes(config, POSITIVE, NON_NEGATIVE)
+    check_workdir(config, workdir)
     with workdir_lock(workdir):  # a second run on this workdir stops here, naming the first
         train(config, workdir, flag_values.get("stop_after"))
 

@@ -284,6 +284,15 @@ class _Validation:
             self.best.close()
 
 
+def check_workdir(cfg: ConfigDict, workdir: str | os.PathLike) -> epath.Path:
+    """The workdir as a path (a local folder or a ``gs://`` URL), or a clear error."""
+    workdir = as_path(workdir)
+    if cfg.model.tiny_backbone and not is_local(workdir):
+        raise ConfigError(f"--workdir={workdir} is a URL, but model.tiny_backbone writes a backbone folder into "
+                          "the workdir: use a local workdir for the tiny backbone.")
+    return workdir
+
+
 def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None = None) -> dict:
     """Trains (resuming from ``workdir`` if it holds a checkpoint), validates every
     ``train.eval_every`` steps, and scores the final parameters with the centre-crop proxy.
@@ -297,11 +306,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     Returns:
       The final validation results (empty when stopped early).
     """
-    workdir = as_path(workdir)  # a local folder or a gs:// URL
     cfg = config
-    if cfg.model.tiny_backbone and not is_local(workdir):
-        raise ConfigError(f"--workdir={workdir} is a URL, but model.tiny_backbone writes a backbone folder into "
-                          "the workdir: use a local workdir for the tiny backbone.")
+    workdir = check_workdir(cfg, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     total = int(cfg.train.total_steps)
     end = total if stop_after is None else min(stop_after, total)

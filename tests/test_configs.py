@@ -81,7 +81,7 @@ def test_nyu_config_trains_and_evaluates_through_tfds(backbone, tmp_path):
     _run("iedp_jax.evaluate", None, tmp_path / "run", {})
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert results["step"] == 2 and results["num_images"] == 3
-    assert results["protocol"] == {"crop": [H, H], "stride": [W - H, W - H], "flip": True}
+    assert results["protocol"] == {"crop": [H, H], "stride": [W - H, W - H], "flip": True, "clip_depth": False}
     assert results["rmse"] > 0.0 and 0.0 <= results["delta1"] <= 1.0
     images = sorted(p.name for p in (tmp_path / "run" / "eval" / "images").iterdir())
     assert images == [f"00000_{NYU_TEST[0]}_rgb_00045.png"]

@@ -101,14 +101,15 @@ def test_nyu_protocol_equals_vpd_transcription_with_eigen_crop(tmp_path):
         image = np.asarray(Image.open(rgb).convert("RGB"))
         gt = np.asarray(Image.open(dep)).astype(np.float32) / 1000.0
         pred = np.clip(np_depth(image, crop, stride, True, depth_dummy), 1e-3, 10.0)
-        ok = (gt > 1e-3) & (gt <= 10.0) & transforms.eigen_crop_mask(*gt.shape)
+        ok = (gt > 1e-3) & (gt < 10.0) & transforms.eigen_crop_mask(*gt.shape)
         d = pred[ok] - gt[ok]
         thresh = np.maximum(gt[ok] / pred[ok], pred[ok] / gt[ok])
         per.append({"rmse": np.sqrt(np.mean(d ** 2)), "abs_rel": np.mean(np.abs(d) / gt[ok]),
                     "delta1": np.mean(thresh < 1.25), "log10": np.mean(np.abs(np.log10(pred[ok]) - np.log10(gt[ok])))})
     for k in per[0]:
         assert got[k] == pytest.approx(np.mean([p[k] for p in per]), rel=1e-5), k
-    assert got["num_images"] == 3 and got["protocol"] == {"crop": [48, 48], "stride": [16, 16], "flip": True}
+    assert got["num_images"] == 3
+    assert got["protocol"] == {"crop": [48, 48], "stride": [16, 16], "flip": True, "clip_depth": True}
     assert [p.name for p in (tmp_path / "eval" / "images").iterdir()] == ["00000_bathroom_rgb_00045.png"]
     with pytest.raises(ConfigError, match="segmentation protocol"):
         protocol_from_config(eval_cfg(crop, stride, mode="multiscale"), DEPTH)

@@ -123,3 +123,15 @@ def test_training_into_a_gs_workdir_refuses_only_the_tiny_backbone():
 
     with pytest.raises(ConfigError, match="tiny backbone"):
         trainer.train(load_config("smoke_seg"), URL)
+
+
+def test_an_unreachable_workdir_is_one_sentence(monkeypatch):
+    from iedp_jax.infra.errors import ConfigError
+
+    def unreachable(self, *a, **k):
+        raise OSError("Error executing an HTTP request: could not resolve host\n when reading metadata")
+
+    monkeypatch.setattr(type(as_path(URL)), "mkdir", unreachable)
+    with pytest.raises(ConfigError, match=r"cannot create the workdir gs://my-bucket/runs/ade \(Error executing an "
+                                          r"HTTP request: could not resolve host\): check the path"):
+        lock.acquire(URL)

@@ -18,7 +18,7 @@ from iedp_jax.infra.errors import ConfigError, NonFiniteLoss
 from iedp_jax.prompts import class_prompt_table
 from iedp_jax.sd import load_tokenizer
 from iedp_jax.trainer import build_trainer, train
-from tests.helpers import ROOT, load_config, params_of, quick_compile, small, train_batch
+from tests.helpers import ROOT, load_config, quick_compile, small, train_batch
 
 
 @pytest.mark.xdist_group("seg_learns")
@@ -48,27 +48,13 @@ def quick():
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """An uninterrupted 6-step run (checkpoints at 2, 4, 6), shared by the tests below."""
+    """A 6-step run (checkpoints at 2, 4, 6), the last good state of the NaN test. (Resumption after a
+    kill, bit for bit: tests/test_reliability_kill.py.)"""
     cfg = small()
     workdir = tmp_path_factory.mktemp("straight")
     with quick_compile():
         train(cfg, workdir)
     return cfg, workdir
-
-
-def test_resume_is_bit_exact(straight, tmp_path):
-    """A run stopped after step 3 and resumed ends with the parameters of an uninterrupted run."""
-    cfg, straight_dir = straight
-    with quick_compile():  # as the straight run
-        train(cfg, tmp_path / "resumed", stop_after=3)  # last checkpoint at step 2; step 3 is redone
-        # Simulate a kill during a save: a partial orbax temporary folder must be ignored.
-        (tmp_path / "resumed" / "checkpoints" / "4.orbax-checkpoint-tmp-123").mkdir()
-        train(cfg, tmp_path / "resumed")
-    a, b = params_of(straight_dir, cfg), params_of(tmp_path / "resumed", cfg)
-    assert int(a["step"]) == int(b["step"]) == 6
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_array_equal(x, y)
-    assert (tmp_path / "resumed" / "results.json").is_file()
 
 
 @pytest.mark.usefixtures("quick")
@@ -142,9 +128,8 @@ def test_smoke_depth_learns(tmp_path):
 
 
 @pytest.mark.parametrize("flag, sentence", [
-    ("--workdir=gs://bucket/run", "[iedp] --workdir=gs://bucket/run is a URL: the workdir must be a folder every "
-                                  "process can write (on TPU pods mount the bucket with gcsfuse, as "
-                                  "launch/tpu_pod.sh does)."),
+    ("--workdir=gs://bucket/run", "[iedp] --workdir=gs://bucket/run is a URL, but model.tiny_backbone writes a "
+                                  "backbone folder into the workdir: use a local workdir for the tiny backbone."),
     ("--config.model.dtype=float64", "[iedp] model.dtype must be one of ['bfloat16', 'float16', 'float32'], "
                                      "got 'float64'."),
 ])

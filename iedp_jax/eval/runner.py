@@ -138,20 +138,10 @@ def _score_batch(steps: ProtocolSteps, model: IEDP, protocol: Protocol, acc, par
     return steps.seg_finish(acc, probs, batch["label"])
 
 
-def _local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded array, in order (no transfer of other rows)."""
-    parts: dict[int, np.ndarray] = {}
-    for shard in x.addressable_shards:
-        start = shard.index[0].start or 0
-        if start not in parts:
-            parts[start] = np.asarray(shard.data)
-    return np.concatenate([parts[k] for k in sorted(parts)])
-
-
 def _write_panels(image_dir: Path, dataset: DataSource, model: IEDP, pred: jax.Array, wanted: list[tuple[int, int]],
                   examples: list[dict | None], group: ShapeGroup) -> None:
     """``image | prediction | ground truth`` PNGs for the rows ``wanted`` = [(row, index)]."""
-    local = _local_rows(pred)
+    local = sharding.local_rows(pred)
     c = model.config
     for r, i in wanted:
         ex = examples[r]

@@ -7,6 +7,9 @@ XLA's memory analysis, which the trainer prints after compiling.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 
 from iedp_jax.infra.distributed import barrier
@@ -18,10 +21,14 @@ class Synchronized:
     With several processes every new compilation ends at a :func:`barrier`, so all processes
     start the program (and its first collectives) together. The compiled executables also give
     XLA's memory analysis (:meth:`memory_analysis`), printed by the trainer after compiling.
+    ``before_compile(args)`` and ``after_compile(args, compiled)`` run around each new
+    compilation (e.g. a memory guard that stops before a program that cannot fit runs).
     """
 
-    def __init__(self, jitted, name: str) -> None:
+    def __init__(self, jitted, name: str, before_compile: Callable[[tuple], None] | None = None,
+                 after_compile: Callable[[tuple, Any], None] | None = None) -> None:
         self.jitted, self.name = jitted, name
+        self.before_compile, self.after_compile = before_compile, after_compile
         self._compiled: dict = {}
 
     def __call__(self, *args):
@@ -31,7 +38,12 @@ class Synchronized:
         key = treedef, tuple((x.shape, x.dtype) if hasattr(x, "dtype") else type(x) for x in leaves)
         compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._compiled[key] = self.jitted.lower(*args).compile()
+            if self.before_compile is not None:
+                self.before_compile(args)
+            compiled = self.jitted.lower(*args).compile()
+            if self.after_compile is not None:
+                self.after_compile(args, compiled)
+            self._compiled[key] = compiled
             barrier(f"compiled {self.name} #{len(self._compiled)}")
         return compiled(*args)
 

@@ -83,7 +83,12 @@ def acquire(workdir: str | os.PathLike) -> epath.Path:
     Raises :class:`WorkdirLocked` when a live run holds it.
     """
     workdir = as_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a bucket that cannot be reached, a read-only or missing mount, ...
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot create the workdir {workdir} ({why}): check the path, its permissions and, "
+                          "for gs://, the credentials and network.") from e
     path = workdir / LOCK_FILE
     mine = _record()
     for _ in range(3):  # a stale lock taken over by two runs at once: one of them loses the retry

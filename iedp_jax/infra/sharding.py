@@ -97,6 +97,16 @@ def process_rows(global_batch_size: int) -> slice:
     return slice(i * per, (i + 1) * per)
 
 
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded array, in order (no transfer of other rows)."""
+    parts: dict[int, np.ndarray] = {}
+    for shard in x.addressable_shards:
+        start = shard.index[0].start or 0
+        if start not in parts:
+            parts[start] = np.asarray(shard.data)
+    return np.concatenate([parts[k] for k in sorted(parts)])
+
+
 def put(tree: PyTree, shardings: PyTree) -> PyTree:
     """Places host arrays on the mesh leaf by leaf (each process passes the full value)."""
     return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)

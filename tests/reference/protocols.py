@@ -139,12 +139,13 @@ def blocky_image(rng, h, w, block=16):
 
 @dataclasses.dataclass(frozen=True)
 class DummyModel:
-    """Stands in for ``IEDP``: ``predict(params, frozen, images)`` and ``config``."""
+    """Stands in for ``IEDP``: ``predict(params, frozen, images, scenes)`` and ``config``."""
 
     config: IEDPConfig
     fn: Callable
 
-    def predict(self, params, frozen, images):
+    def predict(self, params, frozen, images, scenes=None):
+        del scenes  # read only by VPD's depth context
         return self.fn(images) * params["scale"]
 
 
