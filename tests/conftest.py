@@ -23,7 +23,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # Groups that take minutes, in the order they are handed out (with --no-loadscope-reorder xdist
-# keeps this order). Measured on 2 cores in parallel (2026-11-30, whole suite 28.8 min): test_multiprocess
+# keeps this order). Measured on 2 cores in parallel (2026-11-30, whole suite 25.5 min): test_multiprocess
 # ~7 min, seg_learns ~6 min, test_train ~4 min, kill-anywhere resume ~3 min, depth_learns ~3 min,
 # trainer_features ~5 min, fsdp ~3 min, ade_config / nyu_config ~2 min each, test_torch_train_step
 # ~1.5 min, the VPD ladder ~1 min.
