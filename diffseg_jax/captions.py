@@ -38,7 +38,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -154,17 +154,15 @@ def write_captions(images_dir: str | os.PathLike, out_jsonl: str | os.PathLike, 
     """
     files = list_images(images_dir, names)
     captioner = captioner or blip_captioner(model_path, device, max_new_tokens)
-    out = Path(out_jsonl).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with open(out, "w", encoding="utf-8") as f:
+
+    def records() -> Iterator[dict]:
         for start in range(0, len(files), batch_size):
             batch = files[start:start + batch_size]
             texts = captioner([_rgb(p) for p in batch], [prompt] * len(batch))
             for p, text in zip(batch, texts):
-                f.write(json.dumps({"image": p.name, "caption": " ".join(text.split())}) + "\n")
-                written += 1
-    return written
+                yield {"image": p.name, "caption": " ".join(text.split())}
+
+    return _write_jsonl(out_jsonl, records())
 
 
 def class_prompt(template: str, class_name: str, caption: str) -> str:
@@ -219,10 +217,8 @@ def write_class_captions(images_dir: str | os.PathLike, out_jsonl: str | os.Path
         given = read_given_file(Path(candidates).expanduser(), bench)
     files = list_images(images_dir, names)
     captioner = captioner or blip_captioner(model_path, device, max_new_tokens)
-    out = Path(out_jsonl).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with open(out, "w", encoding="utf-8") as f:
+
+    def records() -> Iterator[dict]:
         for p in files:
             todo = vocab if given is None else [vocab[c - 1] for c in given.get(image_key(p.name), [])]
             if not todo:
@@ -231,9 +227,20 @@ def write_class_captions(images_dir: str | os.PathLike, out_jsonl: str | os.Path
             texts = captioner([image] * len(todo), [template.format(c) for c in todo])
             for c, text in zip(todo, texts):
                 text = " ".join(text.split())
-                f.write(json.dumps({"image": p.name, "class": c, "caption": text,
-                                    "prompt": class_prompt(template, c, text)}) + "\n")
-                written += 1
+                yield {"image": p.name, "class": c, "caption": text, "prompt": class_prompt(template, c, text)}
+
+    return _write_jsonl(out_jsonl, records())
+
+
+def _write_jsonl(out_jsonl: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Writes ``records`` as JSON lines (creating the folder); returns how many."""
+    out = Path(out_jsonl).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(out, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+            written += 1
     return written
 
 
