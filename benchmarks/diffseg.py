@@ -30,7 +30,6 @@ the references of ``tests/reference/torch_diffseg.py``; run from the repository 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.full_size import configs
 from benchmarks.unet import sd15_config, timeit
 from diffseg_jax.config import DTYPES, DiffSegConfig
 from diffseg_jax.evaluate import fold_rows, pack_rows, update_best
@@ -164,8 +164,7 @@ def candidates(args) -> None:
 
 def memory(args) -> None:
     """XLA memory analysis of the compiled pipeline at SD 1.5 size (nothing is run)."""
-    here = Path(__file__).resolve()
-    cfgs = json.loads((here.parents[2] / "shared" / "sd15_configs.json").read_text())
+    cfgs = configs()
     dtype = DTYPES[args.dtype]
     unet = UNet2DConditionModel(UNetConfig.from_dict(sd15_config()), dtype=dtype, param_dtype=dtype)
     vae = AutoencoderKL(VAEConfig.from_dict(cfgs["vae"]), dtype=dtype, param_dtype=dtype)

@@ -6,22 +6,21 @@ ratio, peak memory and (for JAX) the FLOP/s from XLA's cost analysis.
   python -m benchmarks.unet --config tiny --batch 4 --size 256          # CPU, small UNet
   python -m benchmarks.unet --config sd15 --batch 8 --size 512 --dtype bfloat16   # GPU
 
-``--config sd15`` builds the full SD 1.5 UNet from ../shared/sd15_configs.json (or
-benchmarks/sd15_unet_config.json) with random weights. ``--no-torch`` skips the reference.
+``--config sd15`` builds the full SD 1.5 UNet from benchmarks/sd15_configs.json (the released
+config) with random weights. ``--no-torch`` skips the reference.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.full_size import configs
 from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet
 
 TINY = dict(
@@ -33,11 +32,8 @@ TINY = dict(
 
 
 def sd15_config() -> dict:
-    here = Path(__file__).resolve()
-    for p in (here.parents[2] / "shared" / "sd15_configs.json", here.parent / "sd15_configs.json"):
-        if p.is_file():
-            return json.loads(p.read_text())["unet"]
-    raise SystemExit("sd15_configs.json not found beside the checkout (../shared) or in benchmarks/.")
+    """The released SD 1.5 UNet config (benchmarks/sd15_configs.json)."""
+    return configs()["unet"]
 
 
 def timeit(fn, iters: int) -> float:

@@ -70,6 +70,7 @@ from diffseg_jax.prompts import (
     pad_class_prompts,
     upweight_class_tokens,
 )
+from iedp_jax.infra import memory
 from iedp_jax.infra.errors import ConfigError, InputError
 from iedp_jax.sd import (
     AttentionCapture,
@@ -409,28 +410,7 @@ class DiffSegmenter:
 GiB = 2 ** 30
 
 
-def available_memory(device: jax.Device | None = None) -> int | None:
-    """Bytes a new program may use on ``device`` (default: the first local one): the allocator's
-    limit minus what is in use (GPU, TPU), or the host's available memory for a CPU device (whose
-    programs run in host memory); None when unknown."""
-    device = jax.local_devices()[0] if device is None else device
-    try:
-        stats = device.memory_stats()
-    except (AttributeError, NotImplementedError, RuntimeError):
-        stats = None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+available_memory = memory.available_bytes  # (a module attribute: tests replace it)
 
 
 def compiled_bytes(compiled: Any) -> int | None:
@@ -454,8 +434,9 @@ def attention_floor_bytes(seg: DiffSegmenter, rows: int) -> int:
 
 def check_memory(needed: int | None, what: str, advice: str, available: int | None = None,
                  at_least: bool = False) -> None:
-    """Raises a one-sentence :class:`ConfigError` when ``needed`` bytes exceed the device's free
-    memory (``available``, default :func:`available_memory`).
+    """Raises a one-sentence :class:`~iedp_jax.infra.errors.MemoryPlanError` (a ConfigError) when
+    ``needed`` bytes exceed the device's free memory (``available``, default
+    :func:`available_memory`): :func:`iedp_jax.infra.memory.check_fits` for DiffSegmenter.
 
     Args:
       needed: bytes (None: unknown, nothing is checked).
@@ -463,13 +444,8 @@ def check_memory(needed: int | None, what: str, advice: str, available: int | No
       advice: what to lower, naming the knob, e.g. "lower --image-size (native 512) or --classes-per-call".
       at_least: ``needed`` is a floor (said so), not the compiled program's own figure.
     """
-    available = available_memory() if available is None else available
-    if needed is None or available is None or needed <= available:
-        return
-    device = jax.local_devices()[0]
-    where = "the host" if device.platform == "cpu" else f"the {device.device_kind}"
-    raise ConfigError(f"DiffSegmenter needs {'at least' if at_least else 'about'} {needed / GiB:.1f} GiB for {what} "
-                      f"but {where} has {available / GiB:.1f} GiB free: {advice}.")
+    memory.check_fits(needed, "DiffSegmenter", advice, available_memory() if available is None else available,
+                      at_least=at_least, purpose=what)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from iedp_jax.prompts import (
 )
 from iedp_jax.sd import load_clip_text, load_clip_vision, load_tokenizer, load_unet, load_vae
 from iedp_jax.sd.tiny import write_tiny_backbone
+from iedp_jax.sd.unet import remat_policy
 
 PyTree = Any
 
@@ -122,18 +123,41 @@ def cached_class_embeddings(workdir: str | os.PathLike, sd: Path, names: Sequenc
     return table
 
 
-def build_model(cfg: ConfigDict, dataset, workdir: str | os.PathLike) -> tuple[IEDP, PyTree, PyTree]:
-    """Loads the backbone and returns ``(model, unet_params, frozen_params)`` on the host."""
+def model_remat(cfg: ConfigDict) -> str | bool:
+    """``model.remat`` as the UNet's policy name (False for none), or a clear error."""
+    try:
+        return remat_policy(cfg.model.remat) or False
+    except ValueError:
+        raise ConfigError(f"model.remat={cfg.model.remat!r} is not a remat policy: use none, blocks (or True: "
+                          "keep only block inputs, the least memory) or dots (keep matmul outputs too).") from None
+
+
+WEIGHTS = ("all", "frozen", "none")
+
+
+def build_model(cfg: ConfigDict, dataset, workdir: str | os.PathLike, weights: str = "all"
+                ) -> tuple[IEDP, PyTree, PyTree]:
+    """Loads the backbone and returns ``(model, unet_params, frozen_params)`` on the host.
+
+    ``weights`` says which weights are read: ``"all"``; ``"frozen"`` (the UNet's parameters
+    come as ``jax.ShapeDtypeStruct``s: a resumed run reads them from its checkpoint); ``"none"``
+    (config files only: the trainer's memory guard compiles the step from the shapes before any
+    weight is read)."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}.")
+    abstract, abstract_unet = weights == "none", weights != "all"
     if cfg.model.dtype not in DTYPES:
         raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.model.dtype!r}.")
     dtype = DTYPES[cfg.model.dtype]
     sd, clip = resolve_backbone(cfg, workdir)
-    log_line(f"loading Stable Diffusion from {sd}" + (f" and CLIP vision from {clip}" if clip else ""))
-    unet, unet_params = load_unet(sd, dtype=dtype, param_dtype=jnp.float32, remat=cfg.model.remat)
-    vae, vae_params = load_vae(sd, dtype=dtype)
+    if not abstract:
+        log_line(f"loading Stable Diffusion from {sd}" + (f" and CLIP vision from {clip}" if clip else ""))
+    unet, unet_params = load_unet(sd, dtype=dtype, param_dtype=jnp.float32, remat=model_remat(cfg),
+                                  abstract=abstract_unet)
+    vae, vae_params = load_vae(sd, dtype=dtype, abstract=abstract)
     vae_params = {k: v for k, v in vae_params.items() if k in ("encoder", "quant_conv")}  # no decoder
-    vision, vision_params = load_clip_vision(clip, dtype=dtype) if clip else (None, None)
-    text, text_params = load_clip_text(sd, dtype=dtype)
+    vision, vision_params = load_clip_vision(clip, dtype=dtype, abstract=abstract) if clip else (None, None)
+    text, text_params = load_clip_text(sd, dtype=dtype, abstract=abstract)
     tokenizer = load_tokenizer(sd)
     mcfg = to_model_config(cfg, dataset.task, dataset.num_classes, vae.config.scaling_factor)
     template = cfg.model.prompt_template
@@ -145,8 +169,9 @@ def build_model(cfg: ConfigDict, dataset, workdir: str | os.PathLike) -> tuple[I
         frozen["clip_vision"] = vision_params
     if needs_class_embeddings(cfg):
         names = embedding_class_names(cfg, dataset)
-        frozen["class_embeddings"] = jnp.asarray(cached_class_embeddings(workdir, sd, names, text, text_params,
-                                                                         tokenizer))
+        frozen["class_embeddings"] = (
+            jax.ShapeDtypeStruct((len(names), text.config.hidden_size), jnp.float32) if abstract
+            else jnp.asarray(cached_class_embeddings(workdir, sd, names, text, text_params, tokenizer)))
         if dataset.task != SEG:
             scene_classes = jnp.asarray(vpd_scene_classes(dataset.scene_names, names))
     model = IEDP(mcfg, unet, vae, vision, text, prompts=prompts, scene_ids=scenes, scene_classes=scene_classes)

@@ -35,7 +35,7 @@ def base_config() -> ConfigDict:
         clip_vision="",           # Hugging Face CLIP folder (e.g. clip-vit-large-patch14)
         tiny_backbone=False,      # write and use a tiny random backbone (smoke runs, tests)
         dtype="float32",          # compute dtype: float32 | bfloat16 (parameters stay float32)
-        remat=False,              # rematerialise UNet blocks in the backward pass
+        remat="none",             # rematerialise UNet blocks in the backward pass: none | blocks (True) | dots
         scale_latents=True,       # multiply latents by the VAE scaling factor (TADP; VPD: False)
         context=defaults.context,  # implicit (IEDP: image -> queries) | vpd (fixed CLIP class embeddings)
         query_init=defaults.query_init,  # normal (free queries) | class_text (query c from class c's embedding)
@@ -91,6 +91,9 @@ def base_config() -> ConfigDict:
         eval_every=0,             # centre-crop validation every N steps (+ best checkpoint); 0 = at the end only
         num_panels=4,             # prediction panels sent to TensorBoard at each validation
         profile_steps=(),         # (first, last): a jax.profiler trace of these steps in WORKDIR/profile
+        memory_guard=True,        # refuse, before it starts, a run whose compiled step does not fit in memory
+        ckpt_host_gb=0.0,         # bound on the checkpoint's host copy in GB; 0 = auto (bounded when the state
+                                  # would not fit beside the step on the host)
     ))
     c.mesh = ConfigDict(dict(shape=(-1, 1)))  # (data, fsdp); -1 takes the remaining devices
     c.eval = ConfigDict(dict(     # python -m iedp_jax.evaluate (the official protocols)

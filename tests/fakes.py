@@ -265,3 +265,67 @@ def write_native_pipeline(folder: Path, backbone: Path, sample_size: int = 16, v
                    "diffusion_pytorch_model.safetensors")
     (folder / "done").write_text("")
     return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# A mid-size backbone for compile-only memory tests: SD 1.5's and CLIP ViT-L/14's topology (4 UNet
+# levels with 2 layers each, 8 heads everywhere, a 4-level VAE, 224 px / 14 px patches) at 1/8 of
+# the width, so that at 512 px the attention maps have their full-size shapes.
+
+MID_WIDTH = 8  # the divisor of SD 1.5's channel counts
+
+
+def write_mid_backbone(folder: Path, seed: int = 0) -> Path:
+    """A random SD 1.5-topology pipeline folder (diffusers layout, image_encoder/ included) at
+    1/8 of the width, from benchmarks/sd15_configs.json; idempotent."""
+    import json
+    import shutil
+
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.full_size import configs
+    from iedp_jax.sd.clip import CLIPTextConfig, CLIPTextTransformer, CLIPVisionConfig, CLIPVisionTransformer
+    from iedp_jax.sd.export import save_component
+    from iedp_jax.sd.tiny import RESIDUAL_SCALE, random_params, write_tiny_backbone
+    from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet
+    from iedp_jax.sd.vae import AutoencoderKL, VAEConfig
+
+    folder = Path(folder)
+    if (folder / "done").is_file():
+        return folder
+    tiny = write_tiny_backbone(folder.with_name(folder.name + "_tiny"), seed=seed)
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(tiny, folder)
+    (folder / "synthetic_backbone.json").unlink()  # the tiny backbone's marker: this folder is another model
+    full, k = configs(), MID_WIDTH
+    key = jax.random.PRNGKey(seed)
+    unet = dict(full["unet"], _class_name="UNet2DConditionModel", cross_attention_dim=768 // k, norm_num_groups=8,
+                block_out_channels=[c // k for c in full["unet"]["block_out_channels"]])
+    m = UNet2DConditionModel(UNetConfig.from_dict(unet))
+    save_component(folder / "unet", unet, random_params(jax.eval_shape(lambda: init_unet(m))["params"],
+                                                        jax.random.fold_in(key, 0), residual_scale=RESIDUAL_SCALE),
+                   "diffusion_pytorch_model.safetensors")
+    vae = dict(full["vae"], _class_name="AutoencoderKL", norm_num_groups=8,
+               block_out_channels=[c // k for c in full["vae"]["block_out_channels"]])
+    v = AutoencoderKL(VAEConfig.from_dict(vae))
+    shapes = jax.eval_shape(lambda: v.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))["params"]
+    save_component(folder / "vae", vae, random_params(shapes, jax.random.fold_in(key, 1)),
+                   "diffusion_pytorch_model.safetensors")
+    text = json.loads((folder / "text_encoder" / "config.json").read_text())
+    text.update(hidden_size=768 // k, intermediate_size=4 * 768 // k, num_attention_heads=4, num_hidden_layers=2,
+                projection_dim=768 // k)
+    t = CLIPTextTransformer(CLIPTextConfig.from_dict(text))
+    shapes = jax.eval_shape(lambda: t.init(jax.random.PRNGKey(0), jnp.zeros((1, 77), jnp.int32)))["params"]
+    save_component(folder / "text_encoder", text, random_params(shapes, jax.random.fold_in(key, 2)),
+                   "model.safetensors", prefix="text_model.")
+    vision = json.loads((folder / "image_encoder" / "config.json").read_text())
+    vision.update({kk: full["clip_vit_l14_vision"][kk] for kk in ("image_size", "patch_size")},
+                  hidden_size=1024 // k, intermediate_size=4096 // k, num_attention_heads=4, num_hidden_layers=2,
+                  projection_dim=768 // k)
+    vt = CLIPVisionTransformer(CLIPVisionConfig.from_dict(vision))
+    shapes = jax.eval_shape(lambda: vt.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))["params"]
+    save_component(folder / "image_encoder", vision, random_params(shapes, jax.random.fold_in(key, 3)),
+                   "model.safetensors", prefix="vision_model.")
+    (folder / "done").write_text("mid-size backbone\n")
+    return folder

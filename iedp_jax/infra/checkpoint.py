@@ -77,9 +77,18 @@ def damage(step_dir: epath.Path) -> str | None:
     return None
 
 
-def _manager(directory: epath.Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
-    """The one orbax layout: items ``state``, ``data`` and ``meta`` under step folders."""
-    return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+def _manager(directory: epath.Path, options: ocp.CheckpointManagerOptions,
+             host_gb: float = 0.0) -> ocp.CheckpointManager:
+    """The one orbax layout: items ``state``, ``data`` and ``meta`` under step folders.
+
+    ``host_gb > 0`` bounds the bytes of the state that orbax holds on the host while it writes
+    (its ``save_concurrent_gb``, at least 1); 0 keeps orbax's default (96 GB: in practice the
+    whole state)."""
+    if host_gb <= 0:
+        return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+    handlers = {"state": ocp.StandardCheckpointHandler(save_concurrent_gb=max(1, int(host_gb))),
+                "data": grain.checkpoint.CheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 class Checkpointer:
@@ -90,14 +99,14 @@ class Checkpointer:
     data order's seed, size and next step, written once).
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int, keep: int = 3) -> None:
+    def __init__(self, directory: str | os.PathLike, every: int, keep: int = 3, host_gb: float = 0.0) -> None:
         if every <= 0:
             raise ConfigError(f"train.ckpt_every must be positive, got {every}.")
         self.directory = as_path(directory)
         self._saved: set[int] = set()  # steps this run saved (only these get a manifest)
         self.manager = _manager(self.directory, ocp.CheckpointManagerOptions(
             save_interval_steps=every, max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifests)))
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_manifests)), host_gb)
 
     def _write_manifests(self) -> None:
         """After orbax finalises a save (its background thread): manifests for this run's steps."""

@@ -30,3 +30,7 @@ class NonFiniteLoss(UserError, FloatingPointError):
 
 class MissingDependency(UserError, ImportError):
     """An optional dependency needed by the chosen path is not installed."""
+
+
+class MemoryPlanError(ConfigError, MemoryError):
+    """A run would not fit in the memory of its devices or host (refused before it starts)."""

@@ -43,12 +43,35 @@ def write_results(results: Mapping[str, Any], paths: Sequence[str | os.PathLike]
     log_line(f"{label}: " + ", ".join(f"{k}={results[k]:.4f}" for k in headline) + f" -> {paths[0]}")
 
 
+def _rows_up_to(text: str, last_step: int) -> str:
+    """The lines of a JSON-lines log whose ``step`` is at most ``last_step`` (unparsable lines,
+    e.g. a line cut by a kill, are dropped)."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= last_step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    return "".join(kept)
+
+
 class _JsonLines:
     """``metrics.jsonl``: appended in place on a local file system; on an object store
-    (``gs://``), which cannot append, the file is rewritten whole at each write."""
+    (``gs://``), which cannot append, the file is rewritten whole at each write.
 
-    def __init__(self, path: epath.Path) -> None:
+    With ``resume_step``, rows of later steps (written by a run killed after its last checkpoint,
+    and about to be written again) are removed first, so every step appears once."""
+
+    def __init__(self, path: epath.Path, resume_step: int | None = None) -> None:
         self.path = path
+        if resume_step is not None and path.exists():
+            text = path.read_text()
+            kept = _rows_up_to(text, resume_step)
+            if kept != text:
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(kept)
+                tmp.replace(path)  # atomic: a kill here leaves the old or the new file
         if is_local(path):
             self._file, self._lines = open(os.fspath(path), "a", encoding="utf-8"), None  # noqa: SIM115
         else:
@@ -71,17 +94,20 @@ class MetricWriter:
     """Writes scalars to ``workdir/tensorboard`` and appends them to ``workdir/metrics.jsonl``
     (local or ``gs://``: tensorboardX writes ``gs://`` itself, with google-cloud-storage).
 
-    Only process 0 writes (``enabled``); other processes get a no-op writer.
+    Only process 0 writes (``enabled``); other processes get a no-op writer. A run resumed at
+    ``resume_step`` first drops what an earlier run logged after that step (TensorBoard's
+    ``purge_step``; the rows of ``metrics.jsonl``): those steps are trained and logged again.
     """
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool = True) -> None:
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, resume_step: int | None = None) -> None:
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
         if enabled:
             workdir = as_path(workdir)
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
-            self._jsonl = _JsonLines(workdir / "metrics.jsonl")
+            purge = None if resume_step is None else int(resume_step) + 1
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=purge)
+            self._jsonl = _JsonLines(workdir / "metrics.jsonl", resume_step)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:

@@ -107,6 +107,11 @@ def local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([parts[k] for k in sorted(parts)])
 
 
+def with_shardings(tree: PyTree, shardings: PyTree) -> PyTree:
+    """``ShapeDtypeStruct``s of ``tree``'s leaves (arrays or structs) carrying ``shardings``."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings)
+
+
 def put(tree: PyTree, shardings: PyTree) -> PyTree:
     """Places host arrays on the mesh leaf by leaf (each process passes the full value)."""
     return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)

@@ -4,7 +4,10 @@ Every layer computes its output with the fused attention; captured layers additi
 ``softmax(q k^T * scale)`` in float32, one head at a time, and ``sow`` the head-mean into the
 ``intermediates`` collection under the name ``probs``. The fused path is
 ``jax.nn.dot_product_attention``, asking for cuDNN flash attention on GPU when the dtype and head
-size allow it (jax's default, ``implementation=None``, is always the XLA path). Which layers
+size allow it (jax's default, ``implementation=None``, is always the XLA path). The XLA path
+materialises every head's ``[Q, K]`` scores (and keeps them for the backward pass): layers whose
+scores exceed :data:`SCORE_BUDGET` per image (SD's 64x64-token self-attention) run in
+rematerialised query chunks instead, which bounds the memory of training and inference alike. Which layers
 capture is decided statically from an :class:`AttentionCapture`, so nothing is materialised
 unless asked.
 """
@@ -12,6 +15,7 @@ unless asked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -137,6 +141,43 @@ def sdpa(q: jax.Array, k: jax.Array, v: jax.Array, **kwargs) -> jax.Array:
     return jax.nn.dot_product_attention(q, k, v, **kwargs)
 
 
+# Attention scores kept alive at once per image on the XLA path: a quarter of one head's
+# [4096, 4096] (the 64x64-token self-attention of SD at 512 px; 16 MiB in float32). Larger
+# layers (SD's 64x64 and 32x32 self-attention) run in query chunks of this size.
+SCORE_BUDGET = 2**22
+
+
+def query_chunk(num_queries: int, heads: int, num_keys: int, budget: int = SCORE_BUDGET) -> int:
+    """Queries per chunk so that one chunk's scores ``[chunk, heads, K]`` hold at most ``budget``
+    elements per image: the largest divisor of ``num_queries`` under that size (all queries when
+    they fit, a padded chunk when no divisor is within 2x of the target)."""
+    target = max(1, budget // max(1, heads * num_keys))
+    if target >= num_queries:
+        return num_queries
+    for c in range(target, max(1, target // 2) - 1, -1):
+        if num_queries % c == 0:
+            return c
+    return target
+
+
+def chunked_sdpa(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, chunk: int) -> jax.Array:
+    """``sdpa`` over query chunks of ``chunk`` rows ([B, T, N, D] inputs): a ``lax.map`` whose
+    body is rematerialised, so neither the forward nor the backward pass ever holds more than one
+    chunk's ``[B, N, chunk, K]`` scores (the backward recomputes them chunk by chunk). Exact: each
+    query's softmax still sees every key."""
+    b, nq, n, d = q.shape
+    pad = -nq % chunk
+    qc = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else q
+    qc = jnp.moveaxis(qc.reshape(b, (nq + pad) // chunk, chunk, n, d), 1, 0)  # [C, B, chunk, N, D]
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)
+    def one(qi: jax.Array) -> jax.Array:
+        return sdpa(qi, k, v, scale=scale)
+
+    out = jnp.moveaxis(jax.lax.map(one, qc), 0, 1).reshape(b, nq + pad, n, v.shape[-1])  # [B, T', N, D]
+    return out[:, :nq] if pad else out
+
+
 def head_mean_probs(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
     """Head-averaged ``softmax(q k^T * scale)`` in float32, one head at a time.
 
@@ -172,7 +213,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int,
     d = inner // heads
     q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, d) for t in (q, k, v))  # [B, T, N, D]
     scale = d ** -0.5
-    out = sdpa(q, k, v, scale=scale, implementation=fused_implementation(q))
+    implementation = fused_implementation(q)
+    chunk = query_chunk(nq, heads, k.shape[1])
+    if implementation is None and chunk < nq:  # XLA materialises all scores: bound them
+        out = chunked_sdpa(q, k, v, scale, chunk)
+    else:
+        out = sdpa(q, k, v, scale=scale, implementation=implementation)
     if record is not None:
         record.sow("intermediates", "probs", head_mean_probs(q, k, scale))
     return out.reshape(b, nq, inner)

@@ -508,7 +508,7 @@ _TOWERS = {
 
 
 def _load_tower(tower: str, path: str | os.PathLike, dtype: Dtype,
-                param_dtype: Dtype | None) -> tuple[nn.Module, PyTree]:
+                param_dtype: Dtype | None, abstract: bool = False) -> tuple[nn.Module, PyTree]:
     """The loader of :func:`load_clip_text` (``tower='text'``) and :func:`load_clip_vision`."""
     spec = _TOWERS[tower]
     folder = resolve_component(path, spec.subfolder, spec.what, spec.layout)
@@ -522,12 +522,12 @@ def _load_tower(tower: str, path: str | os.PathLike, dtype: Dtype,
     module = spec.module(config, dtype=dtype, param_dtype=param_dtype)
     x = spec.example(config)
     params = load_params(folder, "model", lambda: module.init(jax.random.PRNGKey(0), x),
-                         param_dtype, _rename(tower, full))
+                         param_dtype, _rename(tower, full), abstract=abstract)
     return module, params
 
 
 def load_clip_text(path: str | os.PathLike, dtype: Dtype = jnp.float32,
-                   param_dtype: Dtype | None = None) -> tuple[CLIPTextTransformer, PyTree]:
+                   param_dtype: Dtype | None = None, abstract: bool = False) -> tuple[CLIPTextTransformer, PyTree]:
     """Loads a CLIP text tower from a local folder.
 
     Args:
@@ -536,6 +536,7 @@ def load_clip_text(path: str | os.PathLike, dtype: Dtype = jnp.float32,
         saved by transformers 4 (``text_model.`` key prefix) or 5.
       dtype: compute dtype of the module.
       param_dtype: dtype of the returned parameters; None means ``dtype``.
+      abstract: return ``jax.ShapeDtypeStruct`` params without reading the weights.
 
     Returns:
       ``(module, params)``; call ``module.apply({'params': params}, input_ids[B, L])``.
@@ -545,11 +546,11 @@ def load_clip_text(path: str | os.PathLike, dtype: Dtype = jnp.float32,
         unsupported value (naming the file and the field); a missing, unexpected or mis-shaped
         tensor.
     """
-    return _load_tower("text", path, dtype, param_dtype)
+    return _load_tower("text", path, dtype, param_dtype, abstract)
 
 
 def load_clip_vision(path: str | os.PathLike, dtype: Dtype = jnp.float32,
-                     param_dtype: Dtype | None = None) -> tuple[CLIPVisionTransformer, PyTree]:
+                     param_dtype: Dtype | None = None, abstract: bool = False) -> tuple[CLIPVisionTransformer, PyTree]:
     """Loads a CLIP image tower from a local folder.
 
     Args:
@@ -558,6 +559,7 @@ def load_clip_vision(path: str | os.PathLike, dtype: Dtype = jnp.float32,
         ``openai/clip-vit-large-patch14`` saved locally), saved by transformers 4 or 5.
       dtype: compute dtype of the module.
       param_dtype: dtype of the returned parameters; None means ``dtype``.
+      abstract: return ``jax.ShapeDtypeStruct`` params without reading the weights.
 
     Returns:
       ``(module, params)``; call ``module.apply({'params': params}, pixels[B, S, S, 3])``.
@@ -567,4 +569,4 @@ def load_clip_vision(path: str | os.PathLike, dtype: Dtype = jnp.float32,
         an unsupported value (naming the file and the field); a missing, unexpected or
         mis-shaped tensor.
     """
-    return _load_tower("vision", path, dtype, param_dtype)
+    return _load_tower("vision", path, dtype, param_dtype, abstract)

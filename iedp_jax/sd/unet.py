@@ -297,23 +297,50 @@ class _BlockSpec:
     scale: float = 1.0
 
 
+# Rematerialisation policies (``remat=``): what a rematerialised resnet / transformer keeps from
+# its forward pass for the backward pass. "blocks": nothing but its inputs (the least memory;
+# one extra forward of the UNet per step). "dots": also the outputs of its matmuls and
+# convolutions without a batch dimension (projections, convs, feed-forward), so only norms,
+# activations and the attention scores (batched dots) are recomputed.
+REMAT_POLICIES = {
+    "blocks": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(value: bool | str | None) -> str | None:
+    """The policy name for a ``remat`` setting: False/None/"none" -> None, True -> "blocks"."""
+    if value is None or value is False or (isinstance(value, str) and value.lower() in ("", "none", "false")):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() == "true"):
+        return "blocks"
+    if value not in REMAT_POLICIES:
+        raise ValueError(f"remat must be False, True or one of {', '.join(REMAT_POLICIES)}, got {value!r}.")
+    return value
+
+
+def _maybe_remat(cls: type[nn.Module], remat: bool | str | None) -> type[nn.Module]:
+    policy = remat_policy(remat)
+    return cls if policy is None else nn.remat(cls, policy=REMAT_POLICIES[policy], prevent_cse=True)
+
+
 class _Block(nn.Module):
     """Shared plumbing of the blocks: resnets_j (+ attentions_j), with optional remat."""
 
     spec: _BlockSpec
     config: UNetConfig
     capture: AttentionCapture = NO_CAPTURE
-    remat: bool = False
+    remat: bool | str = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def resnet(self, j: int, x: jax.Array, temb: jax.Array) -> jax.Array:
-        cls = nn.remat(ResnetBlock2D) if self.remat else ResnetBlock2D
+        cls = _maybe_remat(ResnetBlock2D, self.remat)
         return cls(self.spec.channels, self.config.norm_num_groups, self.config.norm_eps, self.spec.scale,
                    name=f"resnets_{j}", dtype=self.dtype, param_dtype=self.param_dtype)(x, temb)
 
     def attention(self, j: int, x: jax.Array, context: jax.Array) -> jax.Array:
-        cls = nn.remat(Transformer2DModel) if self.remat else Transformer2DModel
+        cls = _maybe_remat(Transformer2DModel, self.remat)
         return cls(self.spec.channels, self.spec.heads, self.spec.transformer_layers,
                    self.config.norm_num_groups, self.config.use_linear_projection, self.capture,
                    name=f"attentions_{j}", dtype=self.dtype, param_dtype=self.param_dtype)(x, context)
@@ -370,13 +397,15 @@ class UNet2DConditionModel(nn.Module):
 
     Returns the noise prediction [B, h, w, out_channels]. Pass ``capture=AttentionCapture(...)``
     and ``mutable=['intermediates']`` to get attention maps; ``mutable=['features']`` for decoder
-    features. ``remat=True`` rematerialises each resnet and transformer in the backward pass.
+    features. ``remat`` rematerialises each resnet and transformer in the backward pass: True
+    (or ``"blocks"``) keeps only their inputs, ``"dots"`` also their unbatched matmul/conv
+    outputs (:data:`REMAT_POLICIES`).
     """
 
     config: UNetConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat: bool | str = False
 
     @nn.compact
     def __call__(self, sample: jax.Array, timesteps: jax.Array, context: jax.Array,
@@ -439,14 +468,16 @@ def decoder_features(collections: Mapping[str, Any]) -> dict[str, jax.Array]:
 
 
 def load_unet(path: str | os.PathLike, dtype: Dtype = jnp.float32, param_dtype: Dtype | None = None,
-              remat: bool = False) -> tuple[UNet2DConditionModel, dict]:
+              remat: bool | str = False, abstract: bool = False) -> tuple[UNet2DConditionModel, dict]:
     """Loads a diffusers UNet from a local folder (pipeline root or its ``unet/``).
 
     Args:
       path: a diffusers Stable Diffusion folder or its ``unet/`` subfolder.
       dtype: the module's compute dtype.
       param_dtype: dtype of the returned parameters (default: ``dtype``).
-      remat: rematerialise blocks in the backward pass (training memory).
+      remat: rematerialise blocks in the backward pass (training memory): False, True (the
+        ``"blocks"`` policy) or a policy name of :data:`REMAT_POLICIES`.
+      abstract: return ``jax.ShapeDtypeStruct`` params without reading the weights.
 
     Returns:
       ``(module, params)``; ``module.apply({'params': params}, latents, t, context)``.
@@ -456,8 +487,9 @@ def load_unet(path: str | os.PathLike, dtype: Dtype = jnp.float32, param_dtype: 
                                "unet/diffusion_pytorch_model.safetensors) or its unet/ folder")
     config = parse_config(folder, UNetConfig.from_dict)
     param_dtype = param_dtype or dtype
-    module = UNet2DConditionModel(config, dtype=dtype, param_dtype=param_dtype, remat=remat)
-    params = load_params(folder, "diffusion_pytorch_model", lambda: init_unet(module), param_dtype)
+    module = UNet2DConditionModel(config, dtype=dtype, param_dtype=param_dtype, remat=remat_policy(remat) or False)
+    params = load_params(folder, "diffusion_pytorch_model", lambda: init_unet(module), param_dtype,
+                         abstract=abstract)
     return module, params
 
 
@@ -497,6 +529,6 @@ def init_unet(module: UNet2DConditionModel, h: int = 8, w: int = 8, seed: int = 
                        jnp.zeros((1,), jnp.int32), jnp.zeros((1, context_len, cfg.cross_attention_dim), module.dtype))
 
 
-__all__: Sequence[str] = ["UNetConfig", "UNet2DConditionModel", "attention_sides", "decoder_features",
-                          "downsampled_side", "level_sides", "load_unet",
-                          "init_unet", "timestep_embedding"]
+__all__: Sequence[str] = ["REMAT_POLICIES", "UNetConfig", "UNet2DConditionModel", "attention_sides",
+                          "decoder_features", "downsampled_side", "level_sides", "load_unet", "init_unet",
+                          "remat_policy", "timestep_embedding"]

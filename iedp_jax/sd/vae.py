@@ -321,7 +321,7 @@ def rename_vae_key(key: str) -> str:
 
 
 def load_vae(path: str | os.PathLike, dtype: Dtype = jnp.float32,
-             param_dtype: Dtype | None = None) -> tuple[AutoencoderKL, Any]:
+             param_dtype: Dtype | None = None, abstract: bool = False) -> tuple[AutoencoderKL, Any]:
     """Loads a diffusers ``AutoencoderKL`` folder as ``(module, params)``.
 
     Args:
@@ -329,6 +329,7 @@ def load_vae(path: str | os.PathLike, dtype: Dtype = jnp.float32,
         plus ``diffusion_pytorch_model.safetensors``, or ``.bin``).
       dtype: compute dtype of the module.
       param_dtype: dtype of the returned parameters; None means ``dtype``.
+      abstract: return ``jax.ShapeDtypeStruct`` params without reading the weights.
 
     Raises:
       WeightsError: missing folder/config/weights, an unsupported config (naming the field), or a
@@ -345,5 +346,6 @@ def load_vae(path: str | os.PathLike, dtype: Dtype = jnp.float32,
     side = 2 * config.downsample_factor
     x = jnp.zeros((1, side, side, config.in_channels), dtype)
     params = load_params(folder, "diffusion_pytorch_model",
-                         lambda: module.init(jax.random.PRNGKey(0), x), param_dtype, rename_vae_key)
+                         lambda: module.init(jax.random.PRNGKey(0), x), param_dtype, rename_vae_key,
+                         abstract=abstract)
     return module, params

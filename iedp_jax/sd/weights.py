@@ -299,11 +299,16 @@ def load_params(
     init_fn: Callable[[], PyTree],
     dtype: Any,
     rename: Callable[[str], str | None] = lambda k: k,
+    abstract: bool = False,
 ) -> PyTree:
     """Reads a component's weights into a params tree shaped like ``init_fn()['params']``.
 
     ``init_fn`` is traced with ``jax.eval_shape``: no parameter is ever materialised by init.
+    ``abstract=True`` returns that tree as ``jax.ShapeDtypeStruct``s in ``dtype`` without reading
+    the weights (memory plans and compile-only checks before a run loads gigabytes).
     """
     shapes = jax.eval_shape(init_fn)["params"]
     files = checkpoint_files(folder, stem)
+    if abstract:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype), shapes)
     return convert_state(iter_checkpoint(files), shapes, dtype, rename, where=str(files[0]))
