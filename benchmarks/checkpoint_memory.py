@@ -16,38 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-
-def rss_gib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
-class PeakRSS(threading.Thread):
-    """Samples the process's resident memory every 20 ms; ``peak`` is the largest seen."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak, self.running = rss_gib(), True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, rss_gib())
-            time.sleep(0.02)
-
-    def stop(self) -> float:
-        self.running = False
-        self.join()
-        return self.peak
+from benchmarks.rss import PeakRSS, rss_gib
 
 
 def main() -> None:
@@ -74,15 +49,14 @@ def main() -> None:
     import grain
 
     ckpt = Checkpointer(out, every=1, keep=1, host_gb=args.host_gb)
-    sampler = PeakRSS()
-    sampler.start()
-    t0 = time.perf_counter()
-    it = grain.MapDataset.range(4).to_iter_dataset().__iter__()
-    ckpt.save(1, state, it, {"step": 1}, force=True)
-    returned = time.perf_counter() - t0
-    ckpt.close()
-    total = time.perf_counter() - t0
-    peak = sampler.stop()
+    it = iter(grain.MapDataset.range(4).to_iter_dataset())
+    with PeakRSS() as sampler:
+        t0 = time.perf_counter()
+        ckpt.save(1, state, it, {"step": 1}, force=True)
+        returned = time.perf_counter() - t0
+        ckpt.close()
+        total = time.perf_counter() - t0
+    peak = sampler.peak
     state_gib = sum(x.nbytes for x in jax.tree.leaves(state)) / 2**30
     print(json.dumps(dict(state_gib=round(state_gib, 2), host_gb=args.host_gb, rss_before_gib=round(before, 2),
                           peak_rss_gib=round(peak, 2), extra_gib=round(peak - before, 2),

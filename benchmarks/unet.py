@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.full_size import configs
+from benchmarks.rss import PeakRSS
+from iedp_jax.infra.memory import compiled_sizes
 from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet
 
 TINY = dict(
@@ -66,7 +68,8 @@ def bench_jax(cfg: dict, batch: int, size: int, dtype, iters: int) -> dict:
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", 0.0)) if cost else 0.0
         sec = timeit(lambda: jax.block_until_ready(compiled(params, x, t, ctx)), iters)  # noqa: B023 - called here
-        out[name] = dict(images_per_s=batch / sec, tflops=flops / sec / 1e12)
+        sizes = compiled_sizes(compiled.memory_analysis()) or {"peak": float("nan")}
+        out[name] = dict(images_per_s=batch / sec, tflops=flops / sec / 1e12, compiled_gib=sizes["peak"])
     stats = jax.devices()[0].memory_stats() or {}
     out["peak_bytes"] = stats.get("peak_bytes_in_use")
     return out
@@ -114,8 +117,12 @@ def main() -> None:
     dtype = jnp.dtype(args.dtype)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  config: {args.config}  "
           f"batch {args.batch}  {args.size}x{args.size}  {args.dtype}")
-    ours = bench_jax(cfg, args.batch, args.size, dtype, args.iters)
-    ref = None if args.no_torch else bench_torch(cfg, args.batch, args.size, args.dtype, args.iters)
+    with PeakRSS() as jax_rss:
+        ours = bench_jax(cfg, args.batch, args.size, dtype, args.iters)
+    ref, torch_rss = None, None
+    if not args.no_torch:
+        with PeakRSS() as torch_rss:
+            ref = bench_torch(cfg, args.batch, args.size, args.dtype, args.iters)
     for name in ("forward", "forward+backward"):
         line = f"{name:17s} jax {ours[name]['images_per_s']:8.2f} img/s ({ours[name]['tflops']:.3f} TFLOP/s)"
         if ref:
@@ -125,7 +132,10 @@ def main() -> None:
     peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak device memory: jax {ours['peak_bytes'] or 'n/a'} bytes"
           + (f", torch {ref['peak_bytes'] or 'n/a'} bytes" if ref else "")
-          + f"; peak host RSS (whole process) {peak_host:.2f} GiB")
+          + f"; peak host RSS (whole process) {peak_host:.2f} GiB; added by each phase: jax {jax_rss.extra:.2f} GiB"
+          + (f", torch {torch_rss.extra:.2f} GiB" if torch_rss else "")
+          + f"; XLA compiled peak: forward {ours['forward']['compiled_gib']:.2f} GiB, forward+backward "
+          + f"{ours['forward+backward']['compiled_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":

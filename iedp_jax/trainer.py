@@ -236,6 +236,8 @@ def guard_memory(cfg: ConfigDict, plan: Trainer, compiled) -> float:
     state_bytes = memory.per_device_bytes(plan.state) * len(plan.mesh.local_devices)
     data_bytes = 4 * sum(x.size * x.dtype.itemsize for x in plan.batch_spec().values()) // jax.process_count()
     requested = float(cfg.train.ckpt_host_gb)
+    if requested < 0:
+        raise ConfigError(f"train.ckpt_host_gb={requested:g} must be 0 (automatic) or a positive number of GB.")
     if sizes is None:
         log_line("this backend gives no memory analysis of the compiled step: the memory guard is skipped")
         return requested
@@ -402,13 +404,14 @@ class _Validation:
     """Every ``train.eval_every`` steps: the centre-crop proxy on the validation split, logged as
     ``val/*``, prediction panels in TensorBoard, and the best checkpoint kept in ``WORKDIR/best``."""
 
-    def __init__(self, cfg: ConfigDict, t: Trainer, workdir: epath.Path, writer: MetricWriter) -> None:
+    def __init__(self, cfg: ConfigDict, t: Trainer, workdir: epath.Path, writer: MetricWriter,
+                 host_gb: float = 0.0) -> None:
         self.every, self.panels, self.writer, self.workdir = int(cfg.train.eval_every), int(cfg.train.num_panels), \
             writer, workdir
         self.runner = CenterCropValidation(t.model, t.dataset, t.mesh, int(cfg.train.eval_batch_size),
                                            float(cfg.data.min_depth))
         self.metric, mode = ("mIoU", "max") if t.model.config.task == SEG else ("rmse", "min")
-        self.best = BestCheckpointer(workdir / "best", self.metric, mode) if self.every > 0 else None
+        self.best = BestCheckpointer(workdir / "best", self.metric, mode, host_gb) if self.every > 0 else None
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -482,7 +485,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     state, start = _resume(ckpt, t, batches, rows, workdir)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
     writer.write_text("config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")
-    validation = _Validation(cfg, t, workdir, writer)
+    validation = _Validation(cfg, t, workdir, writer, host_gb)
     log = _MetricLog(writer, cfg.train.log_every, cfg.train.batch_size, start, end, total)
     log.last_saved = ckpt.latest_step()
     for step in range(start, end):

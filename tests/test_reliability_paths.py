@@ -94,7 +94,7 @@ def test_metric_log_on_a_gs_workdir_is_rewritten_whole(monkeypatch):
     boards = []
 
     class Board:  # tensorboardX writes gs:// itself (google-cloud-storage); recorded, not run
-        def __init__(self, logdir):
+        def __init__(self, logdir, purge_step=None):
             boards.append(logdir)
 
         def add_scalar(self, *a):

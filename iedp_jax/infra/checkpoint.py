@@ -96,7 +96,8 @@ class Checkpointer:
 
     A checkpoint holds three items: ``state`` (the sharded train state, written by all processes
     together), ``data`` (grain's iterator state, one JSON file per process) and ``meta`` (the
-    data order's seed, size and next step, written once).
+    data order's seed, size and next step, written once). ``host_gb`` bounds what orbax keeps of
+    the state on the host while it writes (:func:`_manager`).
     """
 
     def __init__(self, directory: str | os.PathLike, every: int, keep: int = 3, host_gb: float = 0.0) -> None:
@@ -192,12 +193,13 @@ class BestCheckpointer:
     :func:`restore_params` and ``--checkpoint DIR/STEP`` read it. Its metrics are saved with it, so
     a resumed run keeps comparing against the best so far."""
 
-    def __init__(self, directory: str | os.PathLike, metric: str, mode: str) -> None:
+    def __init__(self, directory: str | os.PathLike, metric: str, mode: str, host_gb: float = 0.0) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.directory, self.metric = as_path(directory), metric
         self.manager = _manager(self.directory, ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: m[metric], best_mode=mode, create=True, cleanup_tmp_directories=True))
+            max_to_keep=1, best_fn=lambda m: m[metric], best_mode=mode, create=True, cleanup_tmp_directories=True),
+            host_gb)
 
     def save(self, step: int, state: PyTree, metrics: dict[str, float]) -> None:
         """Offers the params of ``step`` with its validation ``metrics``; orbax keeps the best."""
