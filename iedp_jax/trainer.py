@@ -254,7 +254,7 @@ def guard_memory(cfg: ConfigDict, plan: Trainer, compiled) -> float:
         host_gb = CKPT_STREAM_GB
     else:
         host_gb = 0.0
-    ckpt_bytes = int(host_gb * 1e9) if host_gb > 0 else state_bytes
+    ckpt_bytes = min(int(host_gb * 1e9), state_bytes) if host_gb > 0 else state_bytes
     micro = int(cfg.train.batch_size) // int(cfg.train.grad_accum_steps) // plan.mesh.devices.size
     purpose = (f"{micro} image{'s' if micro > 1 else ''} of {tuple(cfg.data.crop_size)} per device in "
                f"{cfg.model.dtype}, remat {model_remat(cfg) or 'none'}")

@@ -7,6 +7,8 @@ exception it replaces, so ``except ValueError`` around library calls keeps worki
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """Base: the message is one sentence that says what to do."""
@@ -34,3 +36,24 @@ class MissingDependency(UserError, ImportError):
 
 class MemoryPlanError(ConfigError, MemoryError):
     """A run would not fit in the memory of its devices or host (refused before it starts)."""
+
+
+class OutputError(UserError, OSError):
+    """An output folder (or the workdir) cannot be written: read-only, full, or a file in the way."""
+
+
+# The write failures that are the machine's or the user's (a folder, a disk), not a bug.
+_WRITE_FAILURES = {errno.EROFS: "the file system is read-only", errno.ENOSPC: "the disk is full",
+                   errno.EDQUOT: "the disk quota is exceeded", errno.EACCES: "permission denied",
+                   errno.EPERM: "permission denied", errno.ENOTDIR: "a file is in the way of a folder",
+                   errno.EEXIST: "a file is in the way of a folder", errno.EISDIR: "a folder is in the way of a file"}
+
+
+def output_error(e: OSError, target: object, what: str) -> OutputError | None:
+    """The one sentence for a failed write of ``what`` into ``target`` (a path or flag), or None
+    when ``e`` is not a read-only / full / permission / file-in-the-way failure (a bug: re-raise)."""
+    why = _WRITE_FAILURES.get(getattr(e, "errno", None) or -1)
+    if why is None:
+        return None
+    where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) != str(target) else ""
+    return OutputError(f"cannot write {what} into {target}: {why}{where}; free space or pass a writable folder.")

@@ -167,6 +167,13 @@ def check_fits(needed: int | None, who: str, advice: str, available: int | None 
     available = available_bytes() if available is None else available
     if needed is None or available is None or needed <= available:
         return
-    raise MemoryPlanError(f"{who} needs {'at least' if at_least else 'about'} {needed / GIB:.1f} GiB"
+    raise MemoryPlanError(f"{who} needs {'at least' if at_least else 'about'} {gib(needed)} GiB"
                           f"{' for ' + purpose if purpose else ''} but {place or where()} has "
-                          f"{available / GIB:.1f} GiB free: {advice}.")
+                          f"{gib(available)} GiB free: {advice}.")
+
+
+def gib(n: int) -> str:
+    """Bytes as GiB for a sentence: one decimal from 1 GiB up, two significant digits below
+    (``19.5``, ``0.062``), so that a small figure never reads as 0.0."""
+    x = n / GIB
+    return f"{x:.1f}" if x >= 0.95 else f"{x:.2g}"
