@@ -43,6 +43,7 @@ from diffseg_jax.config import DTYPES, DiffSegConfig
 from diffseg_jax.evaluate import fold_rows, pack_rows, update_best
 from diffseg_jax.pipeline import DiffSegmenter, load_diffsegmenter
 from diffseg_jax.prompts import pad_class_prompts
+from iedp_jax.infra.compile import compiler_options
 from iedp_jax.sd import AutoencoderKL, CLIPTextConfig, CLIPTextTransformer, UNet2DConditionModel, UNetConfig, VAEConfig
 from iedp_jax.sd.schedule import from_config
 from iedp_jax.sd.tiny import write_tiny_backbone
@@ -166,9 +167,10 @@ def memory(args) -> None:
     """XLA memory analysis of the compiled pipeline at SD 1.5 size (nothing is run)."""
     cfgs = configs()
     dtype = DTYPES[args.dtype]
-    unet = UNet2DConditionModel(UNetConfig.from_dict(sd15_config()), dtype=dtype, param_dtype=dtype)
-    vae = AutoencoderKL(VAEConfig.from_dict(cfgs["vae"]), dtype=dtype, param_dtype=dtype)
-    text = CLIPTextTransformer(CLIPTextConfig.from_dict(cfgs["text_encoder"]), dtype=dtype, param_dtype=dtype)
+    pdtype = dtype
+    unet = UNet2DConditionModel(UNetConfig.from_dict(sd15_config()), dtype=dtype, param_dtype=pdtype)
+    vae = AutoencoderKL(VAEConfig.from_dict(cfgs["vae"]), dtype=dtype, param_dtype=pdtype)
+    text = CLIPTextTransformer(CLIPTextConfig.from_dict(cfgs["text_encoder"]), dtype=dtype, param_dtype=pdtype)
     schedule = from_config(cfgs["scheduler"])
     seg = DiffSegmenter(unet, vae, text, schedule, tuple([49406] + [49407] * 76), DiffSegConfig(image_size=512))
     params = {
@@ -181,7 +183,7 @@ def memory(args) -> None:
         lowered = jax.jit(seg.apply).lower(params, spec((1, 512, 512, 3), jnp.uint8), spec((1, k, 77), jnp.int32),
                                            spec((1, k, 77), jnp.float32), spec((1, k, 77), jnp.bool_),
                                            spec((1, k), jnp.bool_), 0)
-        mem = lowered.compile().memory_analysis()
+        mem = lowered.compile(compiler_options()).memory_analysis()
         print(f"1 image x {k} classes ({args.dtype}): temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB, "
               f"arguments {mem.argument_size_in_bytes / 2**30:.2f} GiB")
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.full_size import configs
 from benchmarks.rss import PeakRSS
+from iedp_jax.infra.compile import compiler_options
 from iedp_jax.infra.memory import compiled_sizes
 from iedp_jax.sd.unet import UNet2DConditionModel, UNetConfig, init_unet
 
@@ -63,7 +64,7 @@ def bench_jax(cfg: dict, batch: int, size: int, dtype, iters: int) -> dict:
     bwd = jax.jit(jax.value_and_grad(loss))
     out = {}
     for name, fn in (("forward", fwd), ("forward+backward", bwd)):
-        compiled = fn.lower(params, x, t, ctx).compile()
+        compiled = fn.lower(params, x, t, ctx).compile(compiler_options() or None)
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", 0.0)) if cost else 0.0

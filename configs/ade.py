@@ -16,7 +16,10 @@ configs/ade_implicit.py (+ implicit branch) -> this file (+ explicit branch). Th
 IEDP inherits from VPD, whose code it builds on, take VPD's values here (each one a choice; ours
 in brackets): unscaled VAE mean [x 0.18215], training pad colour mid-grey 128 [black 0], mmcv's
 parameter groups [UNet x0.1, no decay on 1-D], cross-entropy over all pixels [valid pixels],
-mmseg/VPD head initialisation [flax defaults], multi-scale ratios 1.0-1.5 in steps of 0.125.
+mmseg/VPD head initialisation [flax defaults], multi-scale ratios 1.0-1.5 in steps of 0.125, the
+final checkpoint scored [the same]. The explicit branch's prompt alone is its context, its
+class-token maps scattered into the class channels (``explicit.placement="scattered"``); the
+rung that needs no query c <-> class c tie is configs/ade_explicit_concat.py.
 """
 
 from iedp_jax.config import base_config
@@ -52,4 +55,5 @@ def get_config():
     c.eval.img_scale = (2048, 512)    # test Resize: short side 512, long side <= 2048
     c.eval.scales = (1.0, 1.125, 1.25, 1.375, 1.5)  # VPD test.py --aug-test (+ flip)
     c.eval.flip = True
+    c.eval.checkpoint = "final"       # VPD's tables: the last checkpoint of the 80k schedule
     return c

@@ -14,8 +14,12 @@ embeddings of the 150 class names averaged over 80 templates, then the text adap
 VAE mean, mmcv parameter groups, pad 0 after normalising, CE over all pixels, mmseg head
 initialisation, Semantic FPN on in-channels [320, 790, 1430, 1280], 80k iterations at batch 16.
 One change from configs/ade_implicit.py: ``model.context="vpd"``. The CLIP image tower is not
-loaded (``model.clip_vision`` is not needed). Remaining differences
-from VPD: docs/vpd-baseline.md.
+loaded (``model.clip_vision`` is not needed). The faithful class embeddings are VPD's own file,
+passed as-is (read without torch; a .npy works too):
+``--config.model.class_embeddings_file=/src/VPD/segmentation/class_embeddings.pth``; without it
+they are computed with VPD's NYU recipe, which VPD's ADE20K file was not made with. The final
+checkpoint is scored (``eval.checkpoint="final"``), as VPD reports. Remaining differences from
+VPD: docs/vpd-baseline.md.
 """
 
 from iedp_jax.config import ladder_rung, sibling_config

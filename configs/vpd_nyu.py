@@ -13,10 +13,12 @@ rule), no cross-attention maps, unscaled VAE mean, the 480 crop padded to 512 an
 cropped back, nearest upsampling of the coarsest level, VPD's one-cycle formula, 25 epochs at
 batch 24. One change from configs/nyu_implicit.py: ``model.context="vpd"``.
 
-VPD conditions on the ground-truth scene at test time too, so the official evaluation needs each
-test image's scene: the centre-crop validation at the end of training passes it; ``python -m
-iedp_jax.evaluate`` does once its runner passes ``batch["scene"]`` to ``model.predict``
-(docs/vpd-baseline.md). Remaining differences from VPD: docs/vpd-baseline.md.
+VPD conditions on the ground-truth scene at test time too: each of the 654 test images is
+prompted with its own scene, the folder of ``official_splits/test/<scene>/`` in the split file,
+in the centre-crop validation at the end of training and in ``python -m iedp_jax.evaluate`` (the
+final checkpoint, ``eval.checkpoint="final"``, as VPD reports). Also from configs/nyu.py: SILog per
+group of 3 images (``loss.silog_group``), VPD's CutDepth (``data.cutdepth="vpd"``). Remaining
+differences from VPD: docs/vpd-baseline.md.
 """
 
 from iedp_jax.config import ladder_rung, sibling_config

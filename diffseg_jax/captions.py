@@ -35,6 +35,7 @@ line prints their one sentence after ``error:`` and exits with status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -46,8 +47,9 @@ from PIL import Image
 from diffseg_jax.config import TEMPLATES
 from diffseg_jax.datasets import PROMPT_NAME_TABLES, benchmark
 from diffseg_jax.filtering import image_key, read_given_file
+from diffseg_jax.images import read_image
 from diffseg_jax.prompts import build_prompt
-from iedp_jax.infra.errors import ConfigError, DatasetError, InputError, MissingDependency, UserError
+from iedp_jax.infra.errors import ConfigError, DatasetError, InputError, MissingDependency, UserError, output_error
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -124,12 +126,14 @@ def blip_captioner(model_path: str | os.PathLike, device: str | None = None,
     return caption
 
 
-def _rgb(path: Path) -> Image.Image:
+def _rgb(path: Path) -> Image.Image | None:
+    """The image as RGB (its EXIF orientation applied), or None with one line when it cannot be
+    decoded (the image is skipped; the other captions are still written)."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except Exception as e:  # PIL raises many types for a bad file
-        raise InputError(f"the image {str(path)!r} cannot be read ({type(e).__name__}: {e}).") from None
+        return Image.fromarray(read_image(path))
+    except InputError as e:
+        print(f"skipped: {e}", file=sys.stderr)
+        return None
 
 
 def write_captions(images_dir: str | os.PathLike, out_jsonl: str | os.PathLike, model_path: str | os.PathLike, *,
@@ -157,8 +161,11 @@ def write_captions(images_dir: str | os.PathLike, out_jsonl: str | os.PathLike, 
 
     def records() -> Iterator[dict]:
         for start in range(0, len(files), batch_size):
-            batch = files[start:start + batch_size]
-            texts = captioner([_rgb(p) for p in batch], [prompt] * len(batch))
+            batch = [(p, im) for p in files[start:start + batch_size] if (im := _rgb(p)) is not None]
+            if not batch:
+                continue
+            batch, decoded = [p for p, _ in batch], [im for _, im in batch]
+            texts = captioner(decoded, [prompt] * len(batch))
             for p, text in zip(batch, texts):
                 yield {"image": p.name, "caption": " ".join(text.split())}
 
@@ -224,6 +231,8 @@ def write_class_captions(images_dir: str | os.PathLike, out_jsonl: str | os.Path
             if not todo:
                 continue
             image = _rgb(p)
+            if image is None:
+                continue
             texts = captioner([image] * len(todo), [template.format(c) for c in todo])
             for c, text in zip(todo, texts):
                 text = " ".join(text.split())
@@ -233,14 +242,26 @@ def write_class_captions(images_dir: str | os.PathLike, out_jsonl: str | os.Path
 
 
 def _write_jsonl(out_jsonl: str | os.PathLike, records: Iterable[dict]) -> int:
-    """Writes ``records`` as JSON lines (creating the folder); returns how many."""
+    """Writes ``records`` as JSON lines (creating the folder); returns how many. They go to a
+    temporary file renamed over ``out_jsonl`` at the end: a run that stops early (an error, a
+    kill) leaves an existing file as it was."""
     out = Path(out_jsonl).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     written = 0
-    with open(out, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-            written += 1
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+                written += 1
+        os.replace(tmp, out)
+    except OSError as e:  # a read-only or full folder is one sentence; anything else a bug
+        if (err := output_error(e, f"--out {out}", "the captions")) is None:
+            raise
+        raise err from e
+    finally:
+        with contextlib.suppress(OSError):  # gone after the rename, or its folder never was
+            tmp.unlink(missing_ok=True)
     return written
 
 

@@ -122,6 +122,9 @@ class DiffSegConfig:
         if self.image_size < 0:
             raise ConfigError(f"image_size must be positive (or 0 for the pipeline's native size), got "
                               f"{self.image_size}.")
+        if not 0.0 <= float(self.threshold) <= 1.0:  # NaN fails too
+            raise ConfigError(f"threshold {self.threshold} is outside [0, 1] (the class maps are normalised to "
+                              "[0, 1]).")
         if self.posterior not in POSTERIORS:
             raise ConfigError(f"posterior {self.posterior!r} is not one of {', '.join(POSTERIORS)}.")
         if self.upweight not in UPWEIGHTS:
@@ -220,6 +223,9 @@ def default_config(dataset: str = "voc") -> ConfigDict:
         "sweep_thresholds": PAPER_SWEEP,  # reported apart, as threshold_sweep (optimistic on the split itself)
         "threshold_from": "",    # a held-out run's results.json: its best swept threshold becomes the fixed one
         "save_images": 0,        # overlays and per-class heat maps of the first N images (WORKDIR/images)
+        # a class absent from both prediction and ground truth: zero (IoU 0, counted in the mIoU: the official
+        # evaluation_*.py, TP / (T + P - TP + 1e-10) over all classes, the paper's tables) | nan (left out, mmseg)
+        "absent_class_iou": "zero",
     })
     c.mesh = ConfigDict({"shape": (-1, 1)})
     c.published_miou = published  # %, for the log line and results.json

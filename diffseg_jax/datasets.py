@@ -63,7 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iedp_jax.infra.errors import ConfigError, DatasetError
+from iedp_jax.infra.errors import ConfigError, DatasetError, DataValueError
 from iedp_jax.infra.files import DiskPairs, PairFiles
 from iedp_jax.infra.images import image_size, load_label, load_rgb
 
@@ -258,6 +258,13 @@ class SegDataset:
             raise DatasetError(f"the {self.benchmark.title} image {self.file_name(i)} is "
                                f"{image.shape[1]}x{image.shape[0]} but its label is {label.shape[1]}x{label.shape[0]} "
                                "(width x height).")
+        bad = label[(label >= self.num_classes) & (label != self.ignore_index)]
+        if bad.size:  # scored, it would count as a class the benchmark does not have
+            where = label_file if isinstance(label_file, (str, os.PathLike)) else getattr(label_file, "name", i)
+            raise DataValueError(f"the {self.benchmark.title} label map {where} holds the value "
+                                 f"{int(bad.max())}, outside its classes 0..{self.num_classes - 1} and the ignore "
+                                 f"value {self.ignore_index}: the label files are not this dataset's (or not "
+                                 "its class ids); fix or replace them.")
         return image, label, self.name(i)
 
     def head(self, num_images: int) -> SegDataset:

@@ -97,8 +97,8 @@ from diffseg_jax.pipeline import (
 from diffseg_jax.prompts import CaptionKey, caption_for, caption_text, empty_prompt_ids, read_captions
 from iedp_jax.infra import cli, sharding
 from iedp_jax.infra.compile import Synchronized
-from iedp_jax.infra.errors import ConfigError, InputError, UserError
-from iedp_jax.infra.metrics import confusion_matrix, segmentation_metrics
+from iedp_jax.infra.errors import ConfigError, DataValueError, InputError, UserError
+from iedp_jax.infra.metrics import ABSENT_IOU, confusion_matrix, segmentation_metrics
 from iedp_jax.infra.threads import config_threads
 from iedp_jax.sd.weights import WeightsError
 
@@ -301,6 +301,7 @@ def setup(config: ConfigDict, mesh=None) -> Run:
       ConfigError, DatasetError, InputError, WeightsError: one sentence each.
     """
     mode = filter_mode(str(config.filtering.mode))
+    absent_class_iou(config)  # a bad value fails before any model loads
     if mode == "clip" and not str(config.filtering.clip_path).strip():
         raise ConfigError("filtering.mode='clip' needs filtering.clip_path, a local CLIP model folder (e.g. "
                           "openai/clip-vit-large-patch14 saved with save_pretrained); or use filtering.mode='all'.")
@@ -313,6 +314,10 @@ def setup(config: ConfigDict, mesh=None) -> Run:
     if not str(config.pretrained).strip():
         raise ConfigError("config.pretrained is empty: set it to a local Stable Diffusion 1.5 folder "
                           "(diffusers layout).")
+    sweep = [float(t) for t in config.eval.sweep_thresholds]
+    if not all(0.0 <= t <= 1.0 for t in sweep):
+        raise ConfigError(f"eval.sweep_thresholds holds {[t for t in sweep if not 0.0 <= t <= 1.0]}, outside [0, 1] "
+                          "(the class maps are normalised to [0, 1]).")
     dtype = jnp_dtype(config.dtype)
     dcfg = diffseg_config(config)
     picked = _threshold_from(str(config.eval.threshold_from), config)
@@ -588,6 +593,8 @@ def _load(ds: SegDataset, i: int):
     """``ds.load(i)``, or the reason the image cannot be read (a string)."""
     try:
         return ds.load(i)
+    except DataValueError:  # a file that decodes to values the dataset cannot have: a wrong copy, not skipped
+        raise
     except (OSError, SyntaxError, ValueError, UserError) as e:  # PIL: OSError / SyntaxError; size mismatch: UserError
         return f"cannot be read ({type(e).__name__}: {e})"
 
@@ -675,11 +682,22 @@ def _protocol(run: Run) -> str:
             f"resolution; background = the constant threshold {run.thresholds[0]:g}{source}; candidate classes: {how}.")
 
 
+def absent_class_iou(config: ConfigDict) -> str:
+    """``eval.absent_class_iou``: ``zero`` (the official code: a class absent from both prediction
+    and ground truth has IoU 0 and counts in the mean) or ``nan`` (left out, as mmseg)."""
+    value = str(config.eval.get("absent_class_iou", "nan"))
+    if value not in ABSENT_IOU:
+        raise ConfigError(f"eval.absent_class_iou must be 'zero' (the official evaluation: IoU 0, counted) or 'nan' "
+                          f"(left out of the mean), got {value!r}.")
+    return value
+
+
 def results(run: Run, tally: Tally) -> dict:
     """The results dict (see the module docstring) from the summed confusion matrices."""
     ds, dcfg, config = run.ds, run.seg.config, run.config
     n = ds.num_images
-    metrics = segmentation_metrics(tally.conf[0], ds.class_names)
+    absent = absent_class_iou(config)
+    metrics = segmentation_metrics(tally.conf[0], ds.class_names, absent)
     steady = None
     if n > run.batch_size:
         steady = (n - run.batch_size) / max(tally.seconds - tally.first_batch_s, 1e-9)
@@ -698,6 +716,7 @@ def results(run: Run, tally: Tally) -> dict:
         "threshold": float(dcfg.threshold),
         **({"threshold_source": run.threshold_source} if run.threshold_source is not None else {}),
         "mIoU": metrics["mIoU"],
+        "absent_class_iou": absent,
         "aAcc": metrics["aAcc"],
         "mAcc": metrics["mAcc"],
         "IoU": metrics["IoU"],
@@ -722,7 +741,7 @@ def results(run: Run, tally: Tally) -> dict:
     }
     sweep = run.thresholds[1:]
     if sweep:
-        per = [segmentation_metrics(tally.conf[j + 1], ds.class_names) for j in range(len(sweep))]
+        per = [segmentation_metrics(tally.conf[j + 1], ds.class_names, absent) for j in range(len(sweep))]
         best = int(np.argmax([m["mIoU"] for m in per]))
         out["threshold_sweep"] = {"note": SWEEP_NOTE, "thresholds": sweep, "mIoU": [m["mIoU"] for m in per],
                                   "aAcc": [m["aAcc"] for m in per], "best_threshold": sweep[best],

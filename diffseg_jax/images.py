@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from iedp_jax.infra.errors import InputError
+from iedp_jax.infra.images import oriented
 from iedp_jax.infra.visualize import above, apply_colormap, legend, overlay_labels
 
 __all__ = ["class_colours", "heat_map", "legend_strip", "overlay_with_legend", "read_image", "voc_palette"]
@@ -69,7 +70,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(p) as im:
             im.load()
-            out = _rgb(im)
+            out = _rgb(oriented(im))  # a phone photo stored sideways comes upright
     except Exception as e:
         raise InputError(f"the image {str(p)!r} cannot be read ({type(e).__name__}: {e}).") from None
     if out.ndim != 3 or min(out.shape[:2]) < 1:

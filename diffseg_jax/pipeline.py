@@ -71,6 +71,7 @@ from diffseg_jax.prompts import (
     upweight_class_tokens,
 )
 from iedp_jax.infra import memory
+from iedp_jax.infra.compile import compiler_options
 from iedp_jax.infra.errors import ConfigError, InputError
 from iedp_jax.sd import (
     AttentionCapture,
@@ -382,7 +383,7 @@ class DiffSegmenter:
     def segment(self):
         """``jax.jit(self.apply)``: (params, images, prompt_ids, token_weights, class_pos, valid,
         rng_seed, image_index=None, threshold=None) -> (labels, class_maps)."""
-        return jax.jit(self.apply)
+        return jax.jit(self.apply, compiler_options=compiler_options() or None)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: DiffSegConfig | None = None, *,
@@ -515,7 +516,7 @@ class PretrainedDiffSegmenter:
             self.params, spec((1, *image_hw, 3), jnp.uint8), spec((1, num_classes, length), jnp.int32),
             spec((1, num_classes, length), jnp.float32), spec((1, num_classes, length), jnp.bool_),
             spec((1, num_classes), jnp.bool_), spec((), jnp.int32), None, spec((), jnp.float32))
-        compiled = lowered.compile()
+        compiled = lowered.compile(compiler_options() or None)
         check_memory(compiled_bytes(compiled), what, self._advice())
         self._compiled[key] = compiled
         return compiled
@@ -544,9 +545,16 @@ class PretrainedDiffSegmenter:
           ConfigError / InputError: one sentence (no class, an unreadable image, a threshold out
             of range, a program larger than the device's free memory).
         """
+        if isinstance(classes, (str, bytes)):  # iterating it would segment one letter per class
+            raise ConfigError(f"classes={classes!r} is one string: pass a list of class names, e.g. "
+                              f"{[c.strip() for c in str(classes).split(',') if c.strip()] or ['cat']}.")
         classes = [str(c) for c in classes]
         if not classes:
             raise ConfigError("no class to segment: give at least one class name.")
+        if len(set(classes)) != len(classes):
+            twice = sorted({c for c in classes if classes.count(c) > 1})
+            raise ConfigError(f"classes lists {', '.join(map(repr, twice))} more than once: give each class once "
+                              "(its label is its position in the list).")
         threshold = self.config.threshold if threshold is None else float(threshold)
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"threshold {threshold} is outside [0, 1] (the class maps are normalised to [0, 1]).")
@@ -586,6 +594,10 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint16:
         a = (a.astype(np.uint32) * 255 + 32767) // 65535
     elif np.issubdtype(a.dtype, np.floating):
+        top = float(np.nanmax(a)) if a.size else 0.0
+        if top > 1.0:  # 0..255 as floats would clip to white
+            raise InputError(f"a float image must hold values in [0, 1], this one reaches {top:g}: pass "
+                             "image / 255, or the uint8 array.")
         a = np.clip(np.rint(a * 255.0), 0, 255)
     a = a.astype(np.uint8)
     if a.shape[-1] in (2, 4):

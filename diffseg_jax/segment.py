@@ -35,7 +35,7 @@ from PIL import Image
 from diffseg_jax.config import DTYPES, TEMPLATES, DiffSegConfig
 from diffseg_jax.images import class_colours, heat_map, legend_strip, overlay_with_legend, read_image, voc_palette
 from diffseg_jax.pipeline import PretrainedDiffSegmenter, load_diffsegmenter
-from iedp_jax.infra.errors import ConfigError, UserError
+from iedp_jax.infra.errors import ConfigError, UserError, check_writable, output_error
 from iedp_jax.sd.weights import WeightsError
 
 __all__ = ["class_colours", "legend_strip", "main", "overlay_path", "overlay_with_legend", "parse_classes",
@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {str(out)!r} must name a .png file.")
     image = read_image(args.image)
+    check_writable(out.parent, "the label map", f"--out {out}")  # before the model loads
     config = DiffSegConfig(dataset=args.template, noise_seed=args.seed,
                            **({} if args.threshold is None else {"threshold": args.threshold}))
     seg, params = load_diffsegmenter(args.pretrained, config, dtype=DTYPES[args.dtype])
@@ -136,13 +137,19 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         if why:
             print(f"warning: class {name!r} uses the plain template: {why}", file=sys.stderr)
     labels = result.labels.astype(np.uint8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(labels).save(out)
     over = overlay_path(out)
-    Image.fromarray(overlay_with_legend(image, labels, names, args.alpha)).save(over)
-    if args.heat_maps:
-        for k, name in enumerate(names):
-            Image.fromarray(heat_map(image, result.maps[k], name)).save(out.with_name(f"{out.stem}_heat_{k + 1}.png"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(labels).save(out)
+        Image.fromarray(overlay_with_legend(image, labels, names, args.alpha)).save(over)
+        if args.heat_maps:
+            for k, name in enumerate(names):
+                Image.fromarray(heat_map(image, result.maps[k], name)).save(
+                    out.with_name(f"{out.stem}_heat_{k + 1}.png"))
+    except OSError as e:  # the disk filled meanwhile: one sentence; anything else a bug
+        if (err := output_error(e, f"--out {out}", "the label map")) is None:
+            raise
+        raise err from e
     return out, over
 
 

@@ -3,7 +3,9 @@
 VPD's class embeddings (``model.context="vpd"`` or ``model.query_init="class_text"``) are
 computed with the pipeline's own CLIP text tower on first use and cached in
 ``WORKDIR/class_embeddings/<key>.npy`` (``python -m iedp_jax.class_embeddings`` computes them
-ahead of time); the key covers the class names, the templates and the text tower's folder.
+ahead of time); the key covers the class names, the templates and the text tower's folder. With
+``model.class_embeddings_file`` they are read from that file instead: VPD's own
+``class_embeddings.pth`` (read without torch, refusing anything but tensor storage) or a ``.npy``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from iedp_jax.infra.distributed import barrier
 from iedp_jax.infra.errors import ConfigError
 from iedp_jax.infra.logs import log_line
 from iedp_jax.infra.paths import as_path
+from iedp_jax.infra.torch_file import load_array
 from iedp_jax.model import IEDP, SEG, VPD_CONTEXT
 from iedp_jax.prompts import (
     IMAGENET_TEMPLATES,
@@ -123,6 +126,22 @@ def cached_class_embeddings(workdir: str | os.PathLike, sd: Path, names: Sequenc
     return table
 
 
+def class_embeddings_from_file(path: str | os.PathLike, names: Sequence[str], dim: int) -> np.ndarray:
+    """[K, D] float32 class embeddings from ``model.class_embeddings_file`` (a ``.npy``, or a
+    ``torch.save`` ``.pth`` of one tensor such as VPD's ``segmentation/class_embeddings.pth``),
+    one row per name of ``names`` in that order, or a clear error."""
+    table = load_array(path)
+    if table.shape != (len(names), dim) or not np.issubdtype(table.dtype, np.floating):
+        raise ConfigError(f"model.class_embeddings_file={str(path)!r} holds a {table.dtype} array of shape "
+                          f"{table.shape}, but this run needs float ({len(names)}, {dim}): one {dim}-d embedding "
+                          f"per class, in the order of the dataset's {len(names)} classes.")
+    table = table.astype(np.float32)
+    if not np.all(np.isfinite(table)):
+        raise ConfigError(f"model.class_embeddings_file={str(path)!r} holds NaN or infinite values.")
+    log_line(f"class embeddings {table.shape[0]} x {table.shape[1]} read from {path}")
+    return table
+
+
 def model_remat(cfg: ConfigDict) -> str | bool:
     """``model.remat`` as the UNet's policy name (False for none), or a clear error."""
     try:
@@ -169,9 +188,13 @@ def build_model(cfg: ConfigDict, dataset, workdir: str | os.PathLike, weights: s
         frozen["clip_vision"] = vision_params
     if needs_class_embeddings(cfg):
         names = embedding_class_names(cfg, dataset)
-        frozen["class_embeddings"] = (
-            jax.ShapeDtypeStruct((len(names), text.config.hidden_size), jnp.float32) if abstract
-            else jnp.asarray(cached_class_embeddings(workdir, sd, names, text, text_params, tokenizer)))
+        file, dim = str(cfg.model.get("class_embeddings_file", "") or ""), text.config.hidden_size
+        given = class_embeddings_from_file(file, names, dim) if file else None  # small: checked up front
+        if abstract:
+            frozen["class_embeddings"] = jax.ShapeDtypeStruct((len(names), dim), jnp.float32)
+        else:
+            frozen["class_embeddings"] = jnp.asarray(given if given is not None else cached_class_embeddings(
+                workdir, sd, names, text, text_params, tokenizer))
         if dataset.task != SEG:
             scene_classes = jnp.asarray(vpd_scene_classes(dataset.scene_names, names))
     model = IEDP(mcfg, unet, vae, vision, text, prompts=prompts, scene_ids=scenes, scene_classes=scene_classes)

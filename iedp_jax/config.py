@@ -43,6 +43,7 @@ def base_config() -> ConfigDict:
         depth_pad_multiple=defaults.depth_pad_multiple,  # depth: pad the image to a multiple (VPD: 64), 0 = none
         coarse_resize=defaults.coarse_resize,  # depth neck: coarser level to the target, bilinear | nearest (VPD)
         head_init=defaults.head_init,  # flax (lecun normal) | vpd (mmseg / VPD initialisations)
+        class_embeddings_file="",  # a [K, D] class-embedding file (VPD's class_embeddings.pth or .npy); "" = compute
         timestep=defaults.timestep,
         num_queries=0,            # implicit tokens N; 0 = number of classes (seg) or 8 (depth)
         feature_layer=defaults.feature_layer,          # up_blocks[i].layers[j] used as the level-i feature
@@ -62,7 +63,7 @@ def base_config() -> ConfigDict:
         conv_channels=defaults.conv_channels,
     ))
     c.data = ConfigDict(dict(
-        name="synthetic_seg",     # synthetic_seg | synthetic_depth | ade20k | nyu
+        name="synthetic_seg",     # synthetic_seg | synthetic_depth | ade20k | nyu | cityscapes | kitti | folder[_depth]
         data_dir="",              # ade20k / nyu: the dataset folder in its usual layout
         format="tfds",            # ade20k / nyu: tfds (prepared array_record files) | folders (decode files directly)
         tfds_dir="",              # where tfds prepares and reads them; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -74,6 +75,11 @@ def base_config() -> ConfigDict:
         ignore_index=255,
         min_depth=1e-3,
         pad_value=0,              # ade20k training pad colour, uint8 (VPD pads 0 after normalising = 127.5)
+        cutdepth="ours",          # nyu CutDepth: ours (p 0.25 per sample, grey depth) | vpd (every 4th sample,
+                                  # raw mm cast to uint8) | none
+        img_scale=(),             # folder / cityscapes training rescale (long, short); () = (4 s, s) / (2048, 1024)
+        kb_crop=(352, 1216),      # kitti: the KB crop (height, width) of every frame
+        eval_crop="garg",         # kitti: the scored region of the full frame, garg | eigen | none
     ))
     c.optim = ConfigDict(dict(
         lr=8e-5, weight_decay=1e-3, unet_lr_mult=0.1,
@@ -107,6 +113,13 @@ def base_config() -> ConfigDict:
         num_images=0,             # only the first N validation images; 0 = all
         num_visualizations=8,     # image | prediction | ground truth PNGs in WORKDIR/eval/images
         batch_size=0,             # images per step, split over all devices; 0 = one per device
+        checkpoint="final",       # scored without --checkpoint: final (the last step) | best (WORKDIR/best)
+    ))
+    c.loss = ConfigDict(dict(
+        silog_group=defaults.silog_group,  # depth: SILog per group of N images, averaged (VPD: 3); 0 = batch
+    ))
+    c.explicit = ConfigDict(dict(
+        placement=defaults.explicit_placement,  # scattered (prompt alone, maps into class channels) | concatenated
     ))
     return c
 
@@ -140,6 +153,7 @@ def to_model_config(cfg: ConfigDict, task: str, num_classes: int, scaling_factor
     return IEDPConfig(
         task=task, num_classes=num_classes, num_queries=m.num_queries or queries,
         latent_scale=scaling_factor if m.scale_latents else 1.0, ignore_index=cfg.data.ignore_index,
+        explicit_placement=cfg.explicit.placement, silog_group=int(cfg.loss.silog_group),
         **{f: (tuple(m[f]) if f == "attn_strides" else m[f]) for f in _SHARED})
 
 

@@ -38,7 +38,8 @@ from safetensors.numpy import save_file
 from iedp_jax.build import resolve_backbone
 from iedp_jax.infra.cli import run
 from iedp_jax.infra.distributed import barrier
-from iedp_jax.infra.errors import InputError
+from iedp_jax.infra.errors import InputError, output_error
+from iedp_jax.infra.lock import _pid_alive
 from iedp_jax.infra.logs import log_line
 from iedp_jax.run_files import read_config
 from iedp_jax.sd.export import save_component
@@ -68,6 +69,23 @@ def check_out(out: Path) -> None:
         raise InputError(f"--out {out} is a file: pass a new or empty folder to export into.")
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {out} is not empty: pass a new or empty folder (export never overwrites).")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InputError(f"--out {out} cannot be created: {above} is a file, not a folder; pass a folder path.")
+
+
+def clean_stale_tmp(out: Path) -> list[Path]:
+    """Removes the unfinished export folders a killed export into ``out`` left
+    (``.OUT.tmpPID`` beside it, whose process is gone), one line each; returns them."""
+    removed = []
+    for tmp in sorted(out.parent.glob(f".{out.name}.tmp*")) if out.parent.is_dir() else []:
+        pid = tmp.name[len(f".{out.name}.tmp"):]
+        if not pid.isdigit() or not tmp.is_dir() or (int(pid) != os.getpid() and _pid_alive(int(pid))):
+            continue  # another export still writing, or not ours
+        shutil.rmtree(tmp, ignore_errors=True)
+        log_line(f"removed {tmp}, the unfinished folder of an export that was killed (pid {pid})")
+        removed.append(tmp)
+    return removed
 
 
 def _host(tree: PyTree) -> PyTree:
@@ -122,7 +140,11 @@ def export_trained(trained: TrainedModel, out: str | os.PathLike) -> Path:
     sd, clip = resolve_backbone(trained.config, trained.workdir)
     params = _host(trained.params)
     if jax.process_index() == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise (output_error(e, f"--out {out}", "the export") or e) from e
+        clean_stale_tmp(out)
         tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -146,6 +168,10 @@ def export_trained(trained: TrainedModel, out: str | os.PathLike) -> Path:
             (tmp / "iedp" / "config.json").write_text(json.dumps(iedp_config(trained), indent=2) + "\n")
             check_out(out)  # nothing appeared meanwhile
             os.rename(tmp, out)  # replaces an empty folder
+        except OSError as e:  # a read-only or full folder is one sentence; anything else a bug
+            if (err := output_error(e, f"--out {out}", "the export")) is None:
+                raise
+            raise err from e
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     barrier("export written")

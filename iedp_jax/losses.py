@@ -11,6 +11,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from iedp_jax.infra.errors import ConfigError
+
 CE_AVERAGES = ("valid", "all")
 
 
@@ -82,25 +84,33 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = 255,
 
 
 def silog(pred: jax.Array, gt: jax.Array, variance_focus: float = 0.5,
-          eps: float = 1e-6) -> jax.Array:
+          eps: float = 1e-6, group: int = 0) -> jax.Array:
     """Scale-invariant log loss (VPD/BTS) of ``pred [B, H, W]`` against ``gt [B, H, W]`` depths.
 
-    ``d = log gt - log pred`` over pixels with ``gt > eps`` (the whole batch pooled);
+    ``d = log gt - log pred`` over pixels with ``gt > eps``;
     ``loss = sqrt(mean(d^2) - variance_focus * mean(d)^2)`` (DESIGN 3.1, VPD's ``SiLogLoss``).
-    Returns 0 with a zero (finite) gradient when no pixel is valid or the radicand is not positive.
+    ``group`` = 0 pools the whole batch; ``group`` = N splits it into consecutive groups of N
+    images, takes the loss of each and averages them (VPD computes it per GPU, 3 images, and DDP
+    averages the GPUs' gradients); N must divide B. A group (or batch) without a valid pixel, or
+    whose radicand is not positive, gives 0 with a zero (finite) gradient.
     """
     if pred.shape != gt.shape or pred.ndim != 3:
         raise ValueError(f"silog expects pred and gt of the same [B, H, W] shape, got {pred.shape} "
                          f"and {gt.shape}.")
-    pred = pred.astype(jnp.float32)
-    gt = gt.astype(jnp.float32)
-    valid = gt > eps  # [B, H, W]
+    b = pred.shape[0]
+    g = int(group) or b
+    if g < 0 or b % g:
+        raise ConfigError(f"loss.silog_group={group} must divide the batch of {b} images per loss call "
+                          "(train.batch_size / train.grad_accum_steps); set it to a divisor, or 0 for the whole batch.")
+    pred = pred.astype(jnp.float32).reshape(b // g, g, -1)  # [G, N, H*W]
+    gt = gt.astype(jnp.float32).reshape(b // g, g, -1)
+    valid = gt > eps
     # Substitute 1 at invalid pixels before the log so that neither value nor gradient sees NaN.
     d = jnp.where(valid, jnp.log(jnp.where(valid, gt, 1.0)) - jnp.log(jnp.where(valid, pred, 1.0)),
-                  0.0)  # [B, H, W]
-    n = jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
-    mean_d = jnp.sum(d) / n
-    mean_d2 = jnp.sum(d * d) / n
-    radicand = mean_d2 - variance_focus * mean_d ** 2
+                  0.0)  # [G, N, H*W]
+    n = jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1).astype(jnp.float32)  # [G]
+    mean_d = jnp.sum(d, axis=(1, 2)) / n
+    mean_d2 = jnp.sum(d * d, axis=(1, 2)) / n
+    radicand = mean_d2 - variance_focus * mean_d ** 2  # [G]
     positive = radicand > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, radicand, 1.0)), 0.0)
+    return jnp.mean(jnp.where(positive, jnp.sqrt(jnp.where(positive, radicand, 1.0)), 0.0))

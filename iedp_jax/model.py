@@ -46,6 +46,12 @@ Dtype = Any
 SEG, DEPTH = "seg", "depth"
 IMPLICIT_CONTEXT, VPD_CONTEXT = "implicit", "vpd"
 QUERY_INITS = ("normal", "class_text")
+# Where the explicit branch's prompt goes (config ``explicit.placement``): "scattered" = the prompt
+# alone is the context and its class-token maps are scattered into the class channels (or zeros,
+# ``explicit_maps``); "concatenated" = the implicit tokens followed by the prompt tokens, the maps of
+# the implicit tokens in the channels as at inference (no class c <-> channel c tie needed).
+SCATTERED, CONCATENATED = "scattered", "concatenated"
+PLACEMENTS = (SCATTERED, CONCATENATED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +85,20 @@ class IEDPConfig:
     depth_pad_multiple: int = 0      # depth: pad the image to a multiple of this (VPD: 64) and crop back
     coarse_resize: str = "bilinear"  # depth neck: coarser level to the target level (VPD: nearest)
     head_init: str = "flax"          # flax defaults | vpd (mmseg/VPD initialisations)
+    explicit_placement: str = SCATTERED  # scattered | concatenated (see PLACEMENTS)
+    silog_group: int = 0             # depth: SILog per group of N images, averaged (VPD: 3 per GPU); 0 = batch
 
     def __post_init__(self) -> None:
         if self.task not in (SEG, DEPTH):
             raise ConfigError(f"model.task must be 'seg' or 'depth', got {self.task!r}.")
         for field, allowed in (("context", (IMPLICIT_CONTEXT, VPD_CONTEXT)), ("query_init", QUERY_INITS),
-                               ("ce_average", CE_AVERAGES), ("coarse_resize", RESIZES), ("head_init", HEAD_INITS)):
+                               ("ce_average", CE_AVERAGES), ("coarse_resize", RESIZES), ("head_init", HEAD_INITS),
+                               ("explicit_placement", PLACEMENTS)):
             if getattr(self, field) not in allowed:
-                raise ConfigError(f"model.{field} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}.")
+                key = "explicit.placement" if field == "explicit_placement" else f"model.{field}"
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, field)!r}.")
+        if self.silog_group < 0:
+            raise ConfigError(f"loss.silog_group must be 0 (the whole batch) or a group size, got {self.silog_group}.")
         if self.depth_pad_multiple < 0 or self.depth_pad_multiple % 8:
             raise ConfigError(f"model.depth_pad_multiple must be 0 or a positive multiple of 8, got "
                               f"{self.depth_pad_multiple}.")
@@ -99,7 +111,8 @@ class IEDPConfig:
                               "with model.context='implicit'.")
         if self.explicit_maps not in ("scatter", "zeros"):
             raise ConfigError(f"model.explicit_maps must be 'scatter' or 'zeros', got {self.explicit_maps!r}.")
-        if self.task == SEG and self.explicit_maps == "scatter" and self.num_queries != self.num_classes:
+        if (self.task == SEG and self.explicit_placement == SCATTERED and self.explicit_maps == "scatter"
+                and self.num_queries != self.num_classes):
             raise ConfigError("explicit_maps='scatter' needs num_queries == num_classes (one map channel "
                              "per class); set model.num_queries or use explicit_maps='zeros'.")
 
@@ -247,11 +260,13 @@ class IEDP:
         return jax.lax.stop_gradient(out.last_hidden_state[:, 1:])  # [B, P, Dv] patch tokens
 
     def _features(self, unet_params: PyTree, latents: jax.Array, context: jax.Array,
-                  explicit_last: jax.Array | None) -> list[jax.Array]:
+                  explicit_last: jax.Array | None, map_tokens: int | None = None) -> list[jax.Array]:
         """UNet decoder features, fine to coarse, with attention maps concatenated.
 
         ``explicit_last`` [B, C] (position of each class's last prompt token, -1 if absent) maps
         an explicit prompt's attention onto class channels; None means the context is implicit.
+        ``map_tokens`` = N keeps the maps of the first N context tokens only (the implicit tokens
+        of a concatenated explicit context: the same channels as at inference).
         """
         c = self.config
         levels = len(self.unet.config.block_out_channels)
@@ -274,6 +289,8 @@ class IEDP:
             m = mean_map(grouped[h * w])  # [B, h*w, K] layer mean
             if explicit_last is not None:
                 m = self._class_channels(m, explicit_last)
+            elif map_tokens is not None:
+                m = m[:, :, :map_tokens]  # [B, h*w, N]: softmax over N + L tokens, the first N kept
             out[k] = jnp.concatenate([f, m.reshape(b, h, w, -1).astype(f.dtype)], axis=-1)
         return out
 
@@ -359,7 +376,7 @@ class IEDP:
         def task_loss(pred: jax.Array) -> jax.Array:
             if c.task == SEG:
                 return cross_entropy(pred.astype(jnp.float32), batch["label"], c.ignore_index, c.ce_average)
-            return silog(pred.astype(jnp.float32), batch["depth"])
+            return silog(pred.astype(jnp.float32), batch["depth"], group=c.silog_group)
 
         ctx = self.main_context(params, frozen, images, batch.get("scene"))
         pred = self._head(params, self._features(params["unet"], latents, ctx, None), images.shape[1:3], True, r_imp)
@@ -368,7 +385,12 @@ class IEDP:
         total = l_imp
         if c.explicit_weight > 0:
             ctx_e, last = self.explicit_context(params, frozen, batch)
-            feats = self._features(params["unet"], latents, ctx_e, last)
+            if c.explicit_placement == CONCATENATED:
+                # [B, N + L, D]: the inference context followed by the label prompt (gradients reach both)
+                ctx_e = jnp.concatenate([ctx.astype(ctx_e.dtype), ctx_e], axis=1)
+                feats = self._features(params["unet"], latents, ctx_e, None, map_tokens=ctx.shape[1])
+            else:
+                feats = self._features(params["unet"], latents, ctx_e, last)
             l_exp = task_loss(self._head(params, feats, images.shape[1:3], True, r_exp))
             total = total + c.explicit_weight * l_exp
             metrics["loss_explicit"] = l_exp

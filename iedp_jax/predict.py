@@ -14,11 +14,15 @@ recursive). The model, its classes and the protocol come from the run (``DIR/con
   (viridis, near = dark).
 
 An image of a folder that cannot be decoded is skipped with one line; the exit status is 1 when
-nothing was written. An entry point only: nothing imports it.
+nothing was written. Predict never replaces an input image, nor a file of ``OUT`` that it did not
+write itself (``OUT/.iedp_predict.json`` lists what it wrote) unless ``--overwrite`` is given; a
+read-only or full ``OUT`` is one sentence. An entry point only: nothing imports it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +35,7 @@ from PIL import Image
 
 from iedp_jax.infra import visualize
 from iedp_jax.infra.cli import run
-from iedp_jax.infra.errors import InputError
+from iedp_jax.infra.errors import InputError, check_writable, output_error
 from iedp_jax.infra.images import load_rgb
 from iedp_jax.infra.logs import log_line
 from iedp_jax.infra.threads import default_threads
@@ -41,6 +45,7 @@ from iedp_jax.sd.weights import WeightsError
 from iedp_jax.trained import ImageSource, TrainedModel, load_trained
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+WRITTEN = ".iedp_predict.json"   # in OUT: the files predict wrote there (it may replace only these)
 ALPHA = 0.5                      # opacity of the class colours in the overlay
 
 
@@ -70,7 +75,7 @@ def readable_images(files: Sequence[Path]) -> tuple[list[Path], list[tuple[int, 
     """``(files that decode, their (H, W), [(file, why not)] for the others)``."""
     def check(path: Path) -> tuple[int, int] | str:
         try:
-            return load_rgb(path).shape[:2]
+            return load_rgb(path, orient=True).shape[:2]
         except Exception as e:  # any decoding failure of a user file skips it
             return _reason(e)
 
@@ -95,6 +100,46 @@ def output_stems(files: Sequence[Path]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ outputs
+
+
+def output_names(task: str, stems: Sequence[str]) -> list[str]:
+    """The file names written for ``stems`` (the prediction and its overlay / preview)."""
+    extra = "_overlay" if task == SEG else "_preview"
+    return [name for stem in stems for name in (f"{stem}.png", f"{stem}{extra}.png")]
+
+
+def _written_before(out: Path) -> set[str]:
+    try:
+        return set(json.loads((out / WRITTEN).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def check_outputs(out: Path, names: Sequence[str], inputs: Sequence[Path], overwrite: bool = False) -> None:
+    """A clear error before anything is written when an output name would replace an input image
+    (always refused), or a file of ``out`` that predict did not write (unless ``overwrite``)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: pass a folder to write the predictions into.")
+    if not out.is_dir():
+        return
+    given = {os.path.realpath(p) for p in inputs}
+    ours = _written_before(out)
+    for name in names:
+        target = out / name
+        if os.path.realpath(target) in given:
+            raise InputError(f"--out {out} would replace the input image {target} with a prediction: pass another "
+                             "--out folder than the images' one.")
+        if name not in ours and (target.exists() or target.is_symlink()) and not overwrite:
+            raise InputError(f"--out {out} already holds {name}, which predict did not write: pass another --out "
+                             "folder, or --overwrite to replace it.")
+
+
+def _record_written(out: Path, names: Sequence[str]) -> None:
+    """Adds ``names`` to ``out``'s record of the files predict wrote (before they are written)."""
+    files = sorted(_written_before(out) | set(names))
+    tmp = out / f"{WRITTEN}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps({"files": files}, indent=0) + "\n")
+    tmp.replace(out / WRITTEN)
 
 
 def overlay_with_legend(image: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
@@ -143,34 +188,46 @@ def predict_files(trained: TrainedModel, files: Sequence[Path], sizes: Sequence[
     decoded: dict[int, np.ndarray] = {}  # this process's images of the current batch, for the overlays
 
     def load(i: int) -> np.ndarray:
-        image = load_rgb(files[i])
+        image = load_rgb(files[i], orient=True)
         if writer:
             decoded[i] = image
         return image
 
     stems = output_stems(files)
     source = ImageSource(trained.task, sizes, load, [str(f) for f in files], trained.model.config.ignore_index)
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for i, pred in trained.iter_predict(source):
+    try:
         if writer:
-            image = decoded.pop(i, None)
-            write_prediction(trained, out, stems[i], image if image is not None else load_rgb(files[i]), pred)
-        written += 1
+            out.mkdir(parents=True, exist_ok=True)
+            _record_written(out, output_names(trained.task, stems))
+        written = 0
+        for i, pred in trained.iter_predict(source):
+            if writer:
+                image = decoded.pop(i, None)
+                image = image if image is not None else load_rgb(files[i], orient=True)
+                write_prediction(trained, out, stems[i], image, pred)
+            written += 1
+    except OSError as e:  # a read-only or full --out is the machine's, not a bug
+        if (err := output_error(e, f"--out {out}", "the predictions")) is None:
+            raise
+        raise err from e
     return written
 
 
 def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
     path, out = Path(flag_values["image"]).expanduser(), Path(flag_values["out"]).expanduser()
-    good, sizes, bad = readable_images(list_images(path))
+    listed = list_images(path)
+    good, sizes, bad = readable_images(listed)
     if path.is_file() and bad:
         raise InputError(f"the image {path} cannot be read ({bad[0][1]}).")
     for file, why in bad:
         log_line(f"skipped {file}: {why}")
     if not good:
         raise InputError(f"none of the {len(bad)} images in {path} can be read: nothing was written.")
+    overwrite = bool(flag_values.get("overwrite"))
+    check_outputs(out, [f"{stem}.png" for stem in output_stems(good)], listed, overwrite)  # before the model loads
+    check_writable(out, "the predictions", f"--out {out}")
     trained = load_trained(workdir, flag_values.get("checkpoint") or None, config=config)
+    check_outputs(out, output_names(trained.task, output_stems(good)), listed, overwrite)
     written = predict_files(trained, good, sizes, out)
     log_line(f"wrote the predictions of {written} image{'s' * (written != 1)} "
              f"(step {trained.step}, {trained.protocol.mode}) to {out}")
@@ -181,6 +238,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "The folder to write the predictions into (created if missing).")
     flags.DEFINE_string("checkpoint", None, "A checkpoint step folder (WORKDIR/checkpoints/STEP) or a folder of "
                         "them; default: the latest step in WORKDIR/checkpoints.")
+    flags.DEFINE_bool("overwrite", False, "Replace files of --out that predict did not write (an input image is "
+                      "never replaced).")
     flags.mark_flag_as_required("image")
     flags.mark_flag_as_required("out")
 

@@ -34,7 +34,7 @@ from iedp_jax.data.sources import DataSource
 from iedp_jax.eval.runner import HEADLINE
 from iedp_jax.eval.validation import PROTOCOL, CenterCropValidation
 from iedp_jax.infra import memory, sharding
-from iedp_jax.infra.checkpoint import BestCheckpointer, Checkpointer, abstract_like
+from iedp_jax.infra.checkpoint import BestCheckpointer, Checkpointer, abstract_like, check_shapes
 from iedp_jax.infra.compile import Synchronized
 from iedp_jax.infra.errors import ConfigError, NonFiniteLoss
 from iedp_jax.infra.logs import MetricWriter, log_line, progress, write_results
@@ -277,11 +277,18 @@ def guard_memory(cfg: ConfigDict, plan: Trainer, compiled) -> float:
     return host_gb
 
 
+def _check_resumable(step_dir: epath.Path, params: PyTree, workdir: epath.Path) -> None:
+    """A checkpoint of another model (a changed config) is refused in one sentence, before any write."""
+    check_shapes(step_dir / "state", params, f"resume with the config it was trained with ({workdir / 'config.json'}"
+                 "), or train into a new --workdir")
+
+
 def _resume(ckpt: Checkpointer, t: Trainer, batches: Any, rows: slice, workdir: epath.Path) -> tuple[PyTree, int]:
     """The state and first step: the latest checkpoint's (data order included), or step 0."""
     latest = ckpt.latest_step()
     if latest is None:
         return t.state, 0
+    _check_resumable(ckpt.directory / str(latest), t.state["params"], workdir)
     state, meta = ckpt.restore(latest, abstract_like(t.state))
     t.dataset.restore(meta)
     start = int(latest)
@@ -463,6 +470,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     # The step is compiled from the shapes alone and checked against the memory there is before
     # any weight is read: a run that cannot fit stops here with one sentence.
     plan = build_trainer(cfg, workdir, weights="none")
+    if (workdir / "checkpoints").is_dir() and (steps := sorted(
+            int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())):
+        _check_resumable(workdir / "checkpoints" / str(steps[-1]), plan.state["params"], workdir)  # before compiling
     log_line(memory.describe(memory.plan(plan.state, plan.frozen), plan.mesh.shape))
     k, micro = accumulation(int(cfg.train.batch_size), int(cfg.train.grad_accum_steps), plan.mesh)
     if k > 1:
@@ -478,11 +488,11 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     resuming = ckpt.latest_step() is not None  # then the state comes from the checkpoint, not the UNet folder
     t = build_trainer(cfg, workdir, plan.mesh, weights="frozen" if resuming else "all", dataset=plan.dataset,
                       step_fn=plan.step_fn)
-    write_run_files(workdir, cfg, t.dataset)
     rows = sharding.process_rows(cfg.train.batch_size)
     batches = train_iterator(t.dataset, cfg.train.batch_size, rows, total,
                              num_threads=config_threads(cfg.data.num_workers))
-    state, start = _resume(ckpt, t, batches, rows, workdir)
+    state, start = _resume(ckpt, t, batches, rows, workdir)  # a refused resume leaves config.json as it was
+    write_run_files(workdir, cfg, t.dataset)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0, resume_step=start)
     writer.write_text("config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")
     validation = _Validation(cfg, t, workdir, writer, host_gb)
@@ -512,6 +522,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
         return {}
     results = validation.run(total, state, t.frozen, label="final validation")
     results["step"] = int(jax.device_get(state["step"]))
+    results["checkpoint_kind"] = "final"  # the end-of-schedule parameters (best-by-validation: WORKDIR/best)
     validation.close()
     writer.close()
     write_results(results, [workdir / "results.json"], HEADLINE[t.model.config.task],

@@ -50,13 +50,15 @@ NYU_TRAIN = ["kitchen_0028b", "kitchen_0003", "living_room_0010a", "study_room_0
 NYU_TEST = ["bathroom", "kitchen", "bedroom"]
 
 
-def write_nyu(root: Path, seed=0, split_dir="splits") -> dict[str, np.ndarray]:
-    """BTS sync layout: one frame per folder, depth uint16 mm; returns the test depth maps."""
+def write_nyu(root: Path, seed=0, split_dir="splits", test_scenes=NYU_TEST) -> dict[str, np.ndarray]:
+    """BTS sync layout: one frame per folder, depth uint16 mm; returns the test depth maps.
+    ``test_scenes`` names the scene folder of each test frame (a permutation of NYU_TEST keeps
+    the frames and their order and swaps only their scenes)."""
     rng = np.random.default_rng(seed)
     test_depths = {}
     lines = {"train": [], "test": []}
     for split, folders, base in (("train", NYU_TRAIN, root / "sync"),
-                                 ("test", NYU_TEST, root / "official_splits" / "test")):
+                                 ("test", list(test_scenes), root / "official_splits" / "test")):
         for k, folder in enumerate(folders):
             (base / folder).mkdir(parents=True)
             n = 45 + k
@@ -329,3 +331,132 @@ def write_mid_backbone(folder: Path, seed: int = 0) -> Path:
                    "model.safetensors", prefix="vision_model.")
     (folder / "done").write_text("mid-size backbone\n")
     return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# A user's own folders, Cityscapes and KITTI (docs/datasets.md), in their release layouts.
+
+FOLDER_CLASSES = ("sky", "road", "car")
+
+
+def write_folder_seg(root: Path, classes=FOLDER_CLASSES, ignore_index: int = 200, n_train: int = 3,
+                     n_val: int = 2, size=(48, 64), seed: int = 0) -> Path:
+    """``classes.json`` + ``images/{train,val}/`` (JPEG and PNG) + ``labels/{train,val}/<stem>.png``:
+    blocky labels 0..K-1 with a corner of ``ignore_index``, colours by class. Returns ``root``."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, (len(classes), 3))
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "classes.json").write_text(json.dumps({"classes": list(classes), "ignore_index": ignore_index,
+                                                   "palette": colours.tolist()}))
+    h, w = size
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            tiles = rng.integers(0, len(classes), (-(-h // 8), -(-w // 8)))
+            label = np.kron(tiles, np.ones((8, 8), np.int64))[:h, :w].astype(np.uint8)
+            label[:4, :4] = ignore_index
+            image = colours[np.minimum(label, len(classes) - 1)].astype(np.uint8)
+            suffix = ".png" if i % 2 else ".jpg"
+            Image.fromarray(image).save(root / "images" / split / f"{split}_{i:03d}{suffix}")
+            Image.fromarray(label).save(root / "labels" / split / f"{split}_{i:03d}.png")
+    return root
+
+
+def write_folder_depth(root: Path, scale: float = 1000.0, max_depth: float = 10.0, n_train: int = 3,
+                       n_val: int = 2, size=(48, 64), seed: int = 0) -> dict[str, np.ndarray]:
+    """``depth.json`` + ``images/{train,val}/*.png`` + ``depth/{train,val}/<stem>.png`` (uint16,
+    metres x ``scale``, a few zeros and a few values above ``max_depth``); returns the stored
+    validation depth maps by stem."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "depth.json").write_text(json.dumps({"scale": scale, "max_depth": max_depth, "scene": "garden"}))
+    stored = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "depth" / split).mkdir(parents=True)
+        for i in range(n):
+            raw = rng.integers(int(0.5 * scale), int(9.5 * scale), size).astype(np.uint16)
+            raw[:2] = 0
+            raw[-1, :5] = int(12 * scale)                     # beyond max_depth: no value
+            Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(
+                root / "images" / split / f"{split}_{i:03d}.png")
+            Image.fromarray(raw).save(root / "depth" / split / f"{split}_{i:03d}.png")
+            if split == "val":
+                stored[f"{split}_{i:03d}"] = raw
+    return stored
+
+
+CITYSCAPES_CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt",)}
+
+
+def write_cityscapes(root: Path, size=(64, 128), seed: int = 0) -> dict[str, np.ndarray]:
+    """``leftImg8bit/{train,val}/<city>/<city>_000000_0000NN_leftImg8bit.png`` and the gtFine
+    files beside each label (``_labelIds.png`` blocky over all 34 ids, plus ``_color.png``,
+    ``_instanceIds.png`` and ``_polygons.json`` that are not read). Returns the val labelIds by name."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    out = {}
+    for split, cities in CITYSCAPES_CITIES.items():
+        for k, city in enumerate(cities):
+            (root / "leftImg8bit" / split / city).mkdir(parents=True)
+            (root / "gtFine" / split / city).mkdir(parents=True)
+            for frame in range(2):
+                stem = f"{city}_{k:06d}_{frame * 19:06d}"
+                tiles = rng.integers(0, 34, (-(-h // 16), -(-w // 16)))
+                ids = np.kron(tiles, np.ones((16, 16), np.int64))[:h, :w].astype(np.uint8)
+                image = (ids[..., None] * np.array([7, 3, 5]) % 256).astype(np.uint8)
+                Image.fromarray(image).save(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png")
+                gt = root / "gtFine" / split / city
+                Image.fromarray(ids).save(gt / f"{stem}_gtFine_labelIds.png")
+                Image.fromarray(np.zeros((h, w, 4), np.uint8)).save(gt / f"{stem}_gtFine_color.png")
+                Image.fromarray(ids.astype(np.uint16) * 1000).save(gt / f"{stem}_gtFine_instanceIds.png")
+                polygons = {"imgHeight": h, "imgWidth": w, "objects": []}
+                (gt / f"{stem}_gtFine_polygons.json").write_text(json.dumps(polygons))
+                if split == "val":
+                    out[f"{city}/{stem}_leftImg8bit.png"] = ids
+    return out
+
+
+KITTI_DRIVES = {"train": ("2011_09_26_drive_0001_sync", "2011_09_26_drive_0009_sync"),
+                "test": ("2011_09_26_drive_0002_sync",)}
+
+
+def write_kitti(root: Path, size=(40, 136), frames: int = 2, seed: int = 0, split_names=("kitti_eigen",)
+                ) -> dict[str, np.ndarray]:
+    """The BTS KITTI layout: ``2011_09_26/<drive>/image_02/data/NNNNNNNNNN.png``,
+    ``data_depth_annotated/<drive>/proj_depth/groundtruth/image_02/NNNNNNNNNN.png`` (uint16 metres
+    x 256, sparse: about 2/3 zeros) and the split files, each with one extra ``None`` line.
+    Returns the test ground truth (uint16) by RGB path."""
+    rng = np.random.default_rng(seed)
+    lines = {"train": [], "test": []}
+    out = {}
+    for split, drives in KITTI_DRIVES.items():
+        for drive in drives:
+            rgb_dir = root / "2011_09_26" / drive / "image_02" / "data"
+            gt_dir = root / "data_depth_annotated" / drive / "proj_depth" / "groundtruth" / "image_02"
+            rgb_dir.mkdir(parents=True)
+            gt_dir.mkdir(parents=True)
+            for f in range(frames):
+                name = f"{5 * f + 5:010d}.png"
+                raw = (rng.uniform(2.0, 85.0, size) * 256).astype(np.uint16)
+                raw[rng.random(size) < 0.66] = 0
+                Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(rgb_dir / name)
+                Image.fromarray(raw).save(gt_dir / name)
+                rgb = f"2011_09_26/{drive}/image_02/data/{name}"
+                lines[split].append(f"{rgb} {drive}/proj_depth/groundtruth/image_02/{name} 721.5377")
+                if split == "test":
+                    out[rgb] = raw
+        missing = f"2011_09_26/{drives[0]}/image_02/data/{5 * frames + 5:010d}.png"
+        Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(root / missing)
+        lines[split].insert(1, f"{missing} None 721.5377")            # no ground truth: skipped
+    for prefix in split_names:
+        for split in ("train", "test"):
+            (root / f"{prefix}_{split}_files_with_gt.txt").write_text("\n".join(lines[split]) + "\n")
+    return out

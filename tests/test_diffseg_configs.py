@@ -46,7 +46,8 @@ pytestmark = pytest.mark.xdist_group("diffseg_configs")
 ROOT = Path(__file__).resolve().parents[1]
 # Two images of different sizes per dataset: the canvas is their largest height and width.
 SIZES = {"voc": [(48, 64), (40, 56)], "context": [(44, 64), (48, 60)], "coco": [(48, 52), (40, 64)]}
-RESULT_KEYS = {"dataset", "split", "protocol", "num_images", "num_classes", "filtering", "threshold", "mIoU", "aAcc",
+RESULT_KEYS = {"dataset", "split", "protocol", "num_images", "num_classes", "filtering", "threshold", "mIoU",
+               "absent_class_iou", "aAcc",
                "mAcc", "IoU", "Acc", "images_per_s", "images_per_s_after_first_batch", "seconds", "mean_candidates",
                "rows_computed", "rows_useful", "prompt_fallbacks", "skipped_images", "num_skipped_images",
                "published_mIoU", "setup", "threshold_sweep"}

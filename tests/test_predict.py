@@ -150,7 +150,8 @@ def test_cli_on_a_folder_skips_the_broken_image(seg_workdir, seg_model, tmp_path
     assert [ln for ln in lines if "skipped" in ln] == [
         f"[iedp] skipped {images / 'broken.jpg'}: cannot identify image file {str(images / 'broken.jpg')!r}"]
     assert "(step 7, multiscale)" in lines[-1] and "Traceback" not in res.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".iedp_predict.json", "a.png", "a_overlay.png", "b.png",
+                                                     "b_overlay.png"]  # and the record of what predict wrote
     cfg = read_config(seg_workdir)
     cfg.eval.mode, cfg.eval.scales = "multiscale", (1.0,)
     flipped = load_trained(seg_workdir, mesh=seg_model.mesh, config=cfg)
@@ -199,7 +200,7 @@ def test_depth_writes_millimetres_at_the_image_size(tmp_path_factory):
         trained = load_trained(workdir)
         want = trained.predict([image])[0]
     assert trained.task == "depth" and trained.scene_names and want.dtype == np.float32
-    assert sorted(p.name for p in out.iterdir()) == ["room.png", "room_preview.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".iedp_predict.json", "room.png", "room_preview.png"]
     with Image.open(out / "room.png") as im:
         mm = np.asarray(im)
         assert im.size == (101, 75) and mm.dtype == np.uint16

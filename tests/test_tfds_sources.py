@@ -16,7 +16,7 @@ from iedp_jax.data.nyu import IedpNyuDepthV2, NYUv2Source
 from iedp_jax.data.pipeline import next_step, step_state, train_iterator
 from iedp_jax.infra import tfds
 from iedp_jax.infra.errors import ConfigError, DatasetError
-from tests.fakes import write_ade, write_nyu
+from tests.fakes import NYU_TEST, write_ade, write_nyu
 from tests.helpers import train_batch
 
 CROP = (32, 32)
@@ -83,6 +83,8 @@ def test_nyu_prepared_equals_folders(prepared):
     for i in range(folder.num_val):
         _same(tfds_src.val_image(i), folder.val_image(i))
         assert tfds_src.val_size(i) == folder.val_size(i) and tfds_src.val_name(i) == folder.val_name(i)
+        # the published protocol prompts VPD's rung with each test image's own scene folder
+        assert tfds_src.val_image(i)["scene"] == folder.scene_names.index(NYU_TEST[i])
 
 
 def test_grain_pipeline_streams_the_step_batches(prepared):

@@ -297,3 +297,37 @@ def test_bin_checkpoint_and_fp16_weights_load(sd1_unet, tmp_path):
     model.float()
     _, p16 = load_unet(half, dtype=jnp.float16)
     assert jax.tree.leaves(p16)[0].dtype == jnp.float16
+
+
+def _conv_stack_temporaries(make_conv) -> float:
+    """XLA's temporaries (MiB) of 8 bfloat16 3x3 convolutions of 256 channels on an 8x8 input,
+    compiled as the library compiles (``compiler_options``)."""
+    import flax.linen as nn
+
+    from iedp_jax.infra.compile import compiler_options
+
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i in range(8):
+                x = nn.silu(make_conv(f"c{i}")(x))
+            return x
+
+    net = Stack()
+    x = jax.ShapeDtypeStruct((1, 8, 8, 256), jnp.bfloat16)
+    params = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
+    compiled = jax.jit(net.apply).lower(params, x).compile(compiler_options() or None)
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def test_low_precision_weight_casts_wait_for_their_layer():
+    """In bfloat16 each conv's weight cast runs next to its layer: never a copy of every kernel
+    at once (what made DiffSegmenter in bfloat16 larger than in float32 at 512 px). One float32
+    kernel here is 2.25 MiB; the untied stack holds the casts of all 8."""
+    from iedp_jax.sd.layers import conv
+
+    tied = _conv_stack_temporaries(lambda name: conv(256, 3, jnp.bfloat16, jnp.bfloat16, name))
+    untied = _conv_stack_temporaries(lambda name: __import__("flax.linen", fromlist=["Conv"]).Conv(
+        256, (3, 3), padding=((1, 1), (1, 1)), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, name=name))
+    assert tied < 3 * 2.25, (tied, untied)
+    assert untied > 6 * 2.25 or jax.default_backend() != "cpu", (tied, untied)

@@ -23,7 +23,7 @@ from iedp_jax.data import transforms
 from iedp_jax.data.sources import Example, FileSource
 from iedp_jax.infra.errors import ConfigError, DatasetError
 from iedp_jax.infra.files import DiskPairs, PairFiles
-from iedp_jax.infra.images import load_label
+from iedp_jax.infra.images import check_label_values, load_label
 from iedp_jax.infra.tfds import FolderBuilder, RecordPairs, bytes_feature, tfds
 
 # mmseg ADE20KDataset.CLASSES (the SceneParsing 150), in label order 0..149 after
@@ -133,6 +133,8 @@ class ADE20KSource(FileSource):
 
     def _decode(self, files: PairFiles, index: int) -> Example:
         image, label = self._read_pair(files, index, load_label, "annotation")
+        if label.size and label.max() > len(ADE20K_CLASSES):  # raw 0..150 (0 = other): refused by file name
+            check_label_values(label, len(ADE20K_CLASSES) + 1, None, files.open(index)[1])
         return {"image": image, "label": transforms.reduce_zero_label(label)}
 
     def _train_transform(self, ex: Example, rng: np.random.Generator) -> Example:

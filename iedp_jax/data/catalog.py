@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from iedp_jax.data import ade20k, nyu, synthetic
+from iedp_jax.data import ade20k, cityscapes, folder, kitti, nyu, synthetic
 from iedp_jax.data.sources import DataSource
 from iedp_jax.infra.errors import ConfigError
 
 _OPENERS = {"ade20k": ade20k.ADE20KSource.from_config, "nyu": nyu.NYUv2Source.from_config,
-            "synthetic_seg": synthetic.open_source, "synthetic_depth": synthetic.open_source}
+            "synthetic_seg": synthetic.open_source, "synthetic_depth": synthetic.open_source,
+            "folder": folder.FolderSegSource.from_config, "folder_depth": folder.FolderDepthSource.from_config,
+            "cityscapes": cityscapes.CityscapesSource.from_config, "kitti": kitti.KittiSource.from_config}
+_DEPTH = ("nyu", "synthetic_depth", "folder_depth", "kitti")
 _ON_DISK = {"ade20k": "ADE20K (the ADEChallengeData2016 folder)",
-            "nyu": "NYUv2 in the BTS layout (sync/, official_splits/test/ and the split files)"}
+            "nyu": "NYUv2 in the BTS layout (sync/, official_splits/test/ and the split files)",
+            "folder": "your folder (classes.json, images/{train,val}/, labels/{train,val}/)",
+            "folder_depth": "your folder (depth.json, images/{train,val}/, depth/{train,val}/)",
+            "cityscapes": "Cityscapes (leftImg8bit/ and gtFine/)",
+            "kitti": "KITTI in the BTS layout (the raw <date>/ folders, data_depth_annotated/ and the split files)"}
 FORMATS = ("tfds", "folders")
 
 
@@ -19,7 +26,7 @@ def task_of(name: str) -> str:
     """The task ('seg' or 'depth') of dataset ``name``, known before anything is read."""
     if name not in _OPENERS:
         raise ConfigError(f"data.name={name!r} is not known: use one of {', '.join(_OPENERS)}.")
-    return "depth" if name in ("nyu", "synthetic_depth") else "seg"
+    return "depth" if name in _DEPTH else "seg"
 
 
 def make_dataset(cfg_data: ConfigDict, seed: int) -> DataSource:

@@ -24,7 +24,7 @@ import numpy as np
 
 from iedp_jax.data import transforms
 from iedp_jax.data.sources import Example, FileSource
-from iedp_jax.infra.errors import DatasetError
+from iedp_jax.infra.errors import ConfigError, DatasetError
 from iedp_jax.infra.files import DiskPairs, PairFiles
 from iedp_jax.infra.images import load_depth_png
 from iedp_jax.infra.tfds import (
@@ -37,6 +37,12 @@ from iedp_jax.infra.tfds import (
 
 TRAIN_SPLIT = "nyudepthv2_train_files_with_gt.txt"
 TEST_SPLIT = "nyudepthv2_test_files_with_gt.txt"
+
+# data.cutdepth: ours = Bernoulli(0.25) per sample, depth drawn as grey 255 * d / 10; vpd = VPD's
+# depth/dataset/base_dataset.py (every 4th sample, count % 4 == 0; the raw millimetres assigned into
+# the uint8 image, i.e. modulo 256; a full-height strip, p = 0.75, as ours); none = off.
+CUTDEPTH = ("ours", "vpd", "none")
+CUTDEPTH_EVERY = 4
 
 _SCENE_SUFFIX = re.compile(r"_\d+[a-z]?$")
 _LAYOUT = ("expected the BTS layout sync/<scene>_<NNNN>/{rgb,sync_depth}_*.{jpg,png} for "
@@ -117,7 +123,11 @@ class NYUv2Source(FileSource):
     of train + test).
 
     ``files`` / ``scenes`` = (train, test) replace the folder listing (the prepared source).
-    Extra keywords go to the training transform (e.g. ``color_jitter="bts"``, ``cutdepth_prob``).
+    ``cutdepth`` is one of :data:`CUTDEPTH` (``data.cutdepth``); with ``"vpd"`` sample
+    ``step * batch_size + row`` of the training stream gets CutDepth when it is a multiple of 4
+    (VPD's per-worker counter: the same rate and spacing; which rows depends on VPD's worker
+    count, which is not part of a batch here). Extra keywords go to the training transform (e.g.
+    ``color_jitter="bts"``, ``cutdepth_prob``).
     """
 
     task = "depth"
@@ -127,7 +137,7 @@ class NYUv2Source(FileSource):
                  seed: int = 0, train_split_file: str | os.PathLike | None = None,
                  test_split_file: str | os.PathLike | None = None, *, num_workers: int | None = None,
                  files: tuple[PairFiles, PairFiles] | None = None,
-                 scenes: tuple[Sequence[str], Sequence[str]] | None = None,
+                 scenes: tuple[Sequence[str], Sequence[str]] | None = None, cutdepth: str = "ours",
                  **train_transform_kwargs: Any) -> None:
         if files is None:
             (train, train_scenes), (val, val_scenes) = (list_split(data_dir, "train", train_split_file),
@@ -137,7 +147,16 @@ class NYUv2Source(FileSource):
         self.scene_names = tuple(sorted(set(self.train_scenes) | set(self.val_scenes)))
         self._scene_index = {s: i for i, s in enumerate(self.scene_names)}
         self.train_transform_kwargs = dict(train_transform_kwargs)
+        self.cutdepth = _cutdepth(cutdepth)
         super().__init__(files[0], files[1], crop_size, seed, num_workers)
+
+    @classmethod
+    def from_config(cls, cfg_data, seed: int) -> NYUv2Source:
+        """:meth:`FileSource.from_config` with VPD's or our CutDepth (``data.cutdepth``)."""
+        cutdepth = _cutdepth(cfg_data.get("cutdepth", "ours"))
+        source = super().from_config(cfg_data, seed)
+        source.cutdepth = cutdepth
+        return source
 
     @classmethod
     def from_prepared(cls, builder, crop_size: Sequence[int] = (480, 480), seed: int = 0, **kwargs: Any
@@ -152,9 +171,18 @@ class NYUv2Source(FileSource):
         scenes = self.train_scenes if files is self.train_files else self.val_scenes
         return {"image": image, "depth": depth, "scene": np.int32(self._scene_index[scenes[index]])}
 
-    def _train_transform(self, ex: Example, rng: np.random.Generator) -> Example:
-        image, depth = transforms.nyu_train_transform(ex["image"], ex["depth"], rng, self.crop_size,
-                                                      **self.train_transform_kwargs)
+    def train_example(self, step: int, row: int, batch_size: int) -> Example:
+        rng = np.random.default_rng((self.seed, int(step), int(row)))
+        ex = self._decode(self.train_files, self.train_index(step, row, batch_size))
+        return self._train_transform(ex, rng, int(step) * int(batch_size) + int(row))
+
+    def _train_transform(self, ex: Example, rng: np.random.Generator, position: int = 0) -> Example:
+        kwargs = dict(self.train_transform_kwargs)
+        if self.cutdepth == "vpd":
+            kwargs.update(cutdepth=position % CUTDEPTH_EVERY == 0, cutdepth_render="vpd")
+        elif self.cutdepth == "none":
+            kwargs.update(cutdepth=False)
+        image, depth = transforms.nyu_train_transform(ex["image"], ex["depth"], rng, self.crop_size, **kwargs)
         return {"image": image, "depth": depth, "scene": ex["scene"]}
 
     def _val_transform(self, ex: Example) -> Example:
@@ -162,11 +190,19 @@ class NYUv2Source(FileSource):
         return {"image": image, "depth": depth, "scene": ex["scene"]}
 
     def _full_resolution(self, ex: Example) -> Example:
-        return {"image": ex["image"], "depth": ex["depth"], "mask": transforms.eigen_crop_mask(*ex["depth"].shape)}
+        # the scene travels to the protocols: VPD's context conditions each test image on its own scene
+        return {"image": ex["image"], "depth": ex["depth"], "mask": transforms.eigen_crop_mask(*ex["depth"].shape),
+                "scene": ex["scene"]}
 
     def _pad(self) -> Example:
         return {"image": np.zeros(self.crop_size + (3,), np.uint8),
                 "depth": np.zeros(self.crop_size, np.float32), "scene": np.int32(0)}
+
+
+def _cutdepth(value: str) -> str:
+    if value not in CUTDEPTH:
+        raise ConfigError(f"data.cutdepth must be one of {', '.join(CUTDEPTH)}, got {value!r}.")
+    return value
 
 
 class IedpNyuDepthV2(FolderBuilder):

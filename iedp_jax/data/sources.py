@@ -62,7 +62,8 @@ class DataSource(Protocol):
     def val_image(self, index: int) -> Example:
         """Full-resolution validation example ``index`` as the protocols score it: ``image``
         uint8 [H, W, 3] plus ``label`` uint8 [H, W] (reduced, 255 = ignore), or ``depth`` float32
-        [H, W] metres plus ``mask`` bool [H, W] (the pixels that are scored)."""
+        [H, W] metres plus ``mask`` bool [H, W] (the pixels that are scored) and ``scene`` int32
+        (the image's own scene: VPD's context conditions on it at test time)."""
 
     def state(self, next_step: int) -> dict[str, Any]:
         """What a checkpoint records about the training order."""

@@ -257,7 +257,8 @@ class SyntheticSource(EpochOrder):
         if self.task == "seg":
             return {"image": np.asarray(ex["image"], np.uint8), "label": np.asarray(ex["label"], np.uint8)}
         depth = np.asarray(ex["depth"], np.float32)
-        return {"image": np.asarray(ex["image"], np.uint8), "depth": depth, "mask": np.ones(depth.shape, bool)}
+        return {"image": np.asarray(ex["image"], np.uint8), "depth": depth, "mask": np.ones(depth.shape, bool),
+                "scene": np.int32(ex["scene"])}
 
 
 def open_source(cfg_data, seed: int) -> SyntheticSource:

@@ -22,9 +22,11 @@ Where we depart from the reference implementations (see each function):
   OpenCV's ``INTER_LINEAR``; output sizes follow mmcv's ``rescale_size`` exactly.
 - Colour operations run in float32 (clipped after each step, rounded once at the end) with an
   exact float HSV conversion, where mmcv/albumentations round to uint8 after every step.
-- VPD applies CutDepth to every 4th sample a data-loader worker produces (``count % 4 == 0``);
-  here it is a Bernoulli draw with the same rate, 0.25, so that a batch depends on (seed, step)
-  only. Its ``p = 0.75`` scales the strip width, as in VPD.
+- VPD applies CutDepth to every 4th sample a data-loader worker produces (``count % 4 == 0``,
+  ``depth/dataset/base_dataset.py``); by default it is a Bernoulli draw here with the same rate,
+  0.25. ``cutdepth=True/False`` lets the caller decide instead (the NYUv2 source's
+  ``data.cutdepth="vpd"``: every 4th sample of the training stream). Its ``p = 0.75`` scales the
+  strip width, as in VPD.
 - VPD pastes the raw millimetre depth into the uint8 image (it wraps modulo 256); by default we
   paste the depth rendered as a grey image ``255 * clip(depth / max_depth, 0, 1)``
   (``render="vpd"`` reproduces the wrap-around).
@@ -417,12 +419,15 @@ def nyu_train_transform(image: np.ndarray, depth: np.ndarray, rng: np.random.Gen
                         cutdepth_prob: float = 0.25, cutdepth_p: float = 0.75,
                         cutdepth_full_height: bool = True, cutdepth_render: str = "scaled",
                         max_depth: float = 10.0, flip_prob: float = 0.5,
-                        color_jitter: str | None = "vpd") -> tuple[np.ndarray, np.ndarray]:
+                        color_jitter: str | None = "vpd", cutdepth: bool | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """VPD's NYUv2 training pipeline: CutDepth (on the full image), flip, random crop, colour.
 
     ``color_jitter``: ``"vpd"`` (:func:`vpd_color_jitter`), ``"bts"`` (:func:`bts_color_jitter`)
     or ``None``. The image must be at least ``crop_size`` (NYUv2 is 480x640). Depth travels
-    with the image through flip and crop and is never interpolated.
+    with the image through flip and crop and is never interpolated. ``cutdepth`` (True / False)
+    replaces the Bernoulli(``cutdepth_prob``) draw; the draw is made either way, so the rest of
+    the augmentation sees the same random numbers.
     """
     ch, cw = int(crop_size[0]), int(crop_size[1])
     h, w = image.shape[:2]
@@ -430,7 +435,8 @@ def nyu_train_transform(image: np.ndarray, depth: np.ndarray, rng: np.random.Gen
         raise ValueError(f"image {image.shape[:2]} and depth {depth.shape} differ in size.")
     if h < ch or w < cw:
         raise ConfigError(f"a {h}x{w} image is smaller than the {ch}x{cw} crop: lower data.crop_size.")
-    if rng.random() < cutdepth_prob:
+    drawn = rng.random() < cutdepth_prob
+    if drawn if cutdepth is None else cutdepth:
         box = cutdepth_box(h, w, rng, cutdepth_p, cutdepth_full_height)
         image = paste_depth(image, depth, box, max_depth, cutdepth_render)
     if rng.random() < flip_prob:

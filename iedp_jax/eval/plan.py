@@ -60,6 +60,9 @@ def protocol_from_config(cfg: ConfigDict, task: str) -> Protocol:
 
     crop = pair(e.crop, "crop", cfg.data.crop_size)
     stride = pair(e.stride, "stride", [max(c * 2 // 3, 1) for c in crop])
+    if stride[0] > crop[0] or stride[1] > crop[1]:  # windows would leave strips of pixels unpredicted
+        raise ConfigError(f"eval.stride={stride} is larger than eval.crop={crop}: the sliding windows would leave "
+                          "pixels between them unpredicted; set --config.eval.stride to at most the crop.")
     img_scale = pair(e.img_scale, "img_scale", (4 * min(crop), min(crop)))
     if task == SEG:
         scales = tuple(float(r) for r in e.scales) if e.mode == "multiscale" else (1.0,)

@@ -43,7 +43,7 @@ from iedp_jax.eval.windows import depth_windows, segmentation_pass
 from iedp_jax.infra import sharding, visualize
 from iedp_jax.infra.checkpoint import resolve_checkpoint, restore_params
 from iedp_jax.infra.compile import Synchronized
-from iedp_jax.infra.errors import DatasetError, UserError
+from iedp_jax.infra.errors import ConfigError, DatasetError, DataValueError, InputError, UserError
 from iedp_jax.infra.logs import log_line, progress, write_results
 from iedp_jax.infra.metrics import confusion_matrix, depth_metric_sums, depth_metrics, segmentation_metrics
 from iedp_jax.infra.paths import as_path
@@ -214,7 +214,7 @@ def protocol_batches(model: IEDP, params: PyTree, frozen: PyTree, source: DataSo
         try:
             return build_row(source, group, protocol, i, c.ignore_index)
         except UNREADABLE as e:
-            if not skip:
+            if not skip or isinstance(e, DataValueError):  # a wrong dataset copy stops the run
                 raise
             unreadable[i] = _why(e)
             return build_row(source, group, protocol, -1, c.ignore_index)
@@ -292,6 +292,36 @@ def restore_model(config: ConfigDict, dataset, workdir: str | os.PathLike, direc
     return model, params, frozen, trained_steps
 
 
+CHECKPOINT_KINDS = ("final", "best")
+
+
+def _chosen_checkpoint(config: ConfigDict, workdir, checkpoint) -> tuple[Any, int, str]:
+    """``(folder, step, kind)`` of the checkpoint to score: ``checkpoint`` when given, else the one
+    ``eval.checkpoint`` names. ``kind``: ``best`` (from ``WORKDIR/best``), ``final`` (the last
+    step of ``WORKDIR/checkpoints`` at ``train.total_steps``), ``intermediate`` (a step of
+    ``WORKDIR/checkpoints`` before ``train.total_steps``) or ``given`` (a folder elsewhere)."""
+    kind = str(config.eval.get("checkpoint", "final"))
+    if kind not in CHECKPOINT_KINDS:
+        raise ConfigError(f"eval.checkpoint must be 'final' (the last step) or 'best' (the best-by-validation "
+                          f"checkpoint in WORKDIR/best), got {kind!r}.")
+    best = workdir / "best"
+    if not checkpoint and kind == "best":
+        if not best.is_dir():
+            raise InputError(f"eval.checkpoint='best' but {best} does not exist: the trainer keeps a best checkpoint "
+                             "only with train.eval_every > 0; use eval.checkpoint=final.")
+        checkpoint = best
+    directory, step = resolve_checkpoint(workdir, checkpoint)
+    if str(directory) == str(best):
+        return directory, step, "best"
+    if str(directory) != str(workdir / "checkpoints"):
+        return directory, step, "given"
+    if step != int(config.train.total_steps):
+        log_line(f"warning: scoring step {step}, but the schedule has {int(config.train.total_steps)} steps "
+                 "(checkpoint_kind 'intermediate', not 'final')")
+        return directory, step, "intermediate"
+    return directory, step, "final"
+
+
 def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
                         checkpoint: str | os.PathLike | None = None, mesh=None) -> dict:
     """Restores the parameters of a checkpoint of ``workdir`` and scores them with the protocol
@@ -302,23 +332,26 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
       config: the training config (``configs/*.py`` with overrides); ``config.eval`` picks the
         protocol (``mode`` single|multiscale, ``num_images``, ``num_visualizations``, ...).
       workdir: the training workdir (checkpoints in ``workdir/checkpoints``).
-      checkpoint: a step folder (``workdir/checkpoints/2000``) or a folder of them; default the
-        latest step of ``workdir/checkpoints``.
+      checkpoint: a step folder (``workdir/checkpoints/2000``) or a folder of them; default
+        ``config.eval.checkpoint``: ``final`` the latest step of ``workdir/checkpoints`` (what VPD
+        reports: the end of the fixed schedule), ``best`` the best-by-validation checkpoint the
+        trainer keeps in ``workdir/best`` (``train.eval_every`` > 0).
       mesh: a ``('data', 'fsdp')`` mesh; default ``config.mesh.shape`` over all devices.
 
     Returns:
-      The metrics, with ``step``, ``checkpoint``, ``mode``, ``protocol`` and ``num_images``.
+      The metrics, with ``step``, ``checkpoint``, ``checkpoint_kind`` (final, best, intermediate or
+      given, :func:`_chosen_checkpoint`), ``mode``, ``protocol`` and ``num_images``.
     """
     workdir = as_path(workdir)  # local or gs://
-    directory, step = resolve_checkpoint(workdir, checkpoint)
+    directory, step, kind = _chosen_checkpoint(config, workdir, checkpoint)
     protocol_from_config(config, task_of(config.data.name))  # a bad eval section fails before any load
     mesh = mesh or sharding.make_mesh(tuple(config.mesh.shape))
     dataset = make_dataset(config.data, seed=config.seed)
     model, params, frozen, trained_steps = restore_model(config, dataset, workdir, directory, step, mesh)
     out_dir = workdir / "eval"
     results = run_protocol(model, params, frozen, dataset, mesh, config, out_dir=out_dir)
-    results = {"step": trained_steps, "checkpoint": str(directory / str(step)), **results}
+    results = {"step": trained_steps, "checkpoint": str(directory / str(step)), "checkpoint_kind": kind, **results}
     write_results(results, [out_dir / "results.json", out_dir / f"results_{results['mode']}.json"],
                   HEADLINE[model.config.task],
-                  f"{results['mode']} ({results['num_images']} images, step {results['step']})")
+                  f"{results['mode']} ({results['num_images']} images, {kind} checkpoint, step {results['step']})")
     return results

@@ -18,7 +18,7 @@ import numpy as np
 from iedp_jax.data.sources import DataSource
 from iedp_jax.eval.runner import finalize, zero_metrics
 from iedp_jax.infra import sharding, visualize
-from iedp_jax.infra.compile import Synchronized
+from iedp_jax.infra.compile import Synchronized, compiler_options
 from iedp_jax.infra.logs import progress
 from iedp_jax.infra.metrics import confusion_matrix, depth_metric_sums
 from iedp_jax.model import IEDP, SEG
@@ -53,7 +53,7 @@ class CenterCropValidation:
             return jax.tree.map(jnp.add, acc, depth_metric_sums(pred, batch["depth"], min_depth, c.max_depth))
 
         self._step = Synchronized(jax.jit(step, out_shardings=repl, donate_argnums=(0,)), "validation step")
-        self._predict = jax.jit(predict, out_shardings=repl)
+        self._predict = jax.jit(predict, out_shardings=repl, compiler_options=compiler_options() or None)
         self._zero = jax.device_get(zero_metrics(c.num_classes if c.task == SEG else None))  # host: never donated
 
     def validate(self, params: PyTree, frozen: PyTree) -> dict:

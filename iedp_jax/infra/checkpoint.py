@@ -59,9 +59,13 @@ def write_manifest(step_dir: epath.Path) -> None:
 def damage(step_dir: epath.Path) -> str | None:
     """What is wrong with a step folder (a file missing, or of another size than when it was
     saved), None when it matches its manifest or has none (saved by an older release, or the
-    run died between orbax's commit and the manifest)."""
+    run died between orbax's commit and the manifest) but holds orbax's ``state/_METADATA``: a
+    digit-named folder without it (a partial copy, another tool's folder) is damaged too."""
     manifest = step_dir / MANIFEST
-    if not manifest.exists():
+    if not manifest.exists():  # no sizes to compare: at least orbax's own record of the state must be there
+        needed = step_dir / "state" / "_METADATA"
+        if not needed.exists():
+            return f"{needed} is missing: not a complete checkpoint, but a partial copy or another tool's folder"
         return None
     try:
         expected = json.loads(manifest.read_text())["files"]
@@ -268,6 +272,40 @@ def resolve_checkpoint(workdir: str | os.PathLike, checkpoint: str | os.PathLike
     return folder, step
 
 
+def _saved_shapes(state_dir: epath.Path) -> dict[str, tuple[int, ...]] | None:
+    """``{'['unet'][...]': shape}`` of the ``params`` saved in a step's ``state`` item, from
+    orbax's metadata alone (None when it cannot be read: the restore then decides)."""
+    try:
+        tree = ocp.PyTreeCheckpointHandler().metadata(state_dir)
+        tree = getattr(tree, "tree", tree)["params"]
+    except Exception:  # an older layout or a damaged folder: leave it to the restore
+        return None
+    return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)
+            if hasattr(v, "shape")}
+
+
+def check_shapes(state_dir: str | os.PathLike, abstract_params: PyTree, fix: str) -> None:
+    """An ``InputError`` naming the first parameter whose saved shape differs from the model's
+    (both shapes), or that one of them lacks, before orbax is asked to restore it: a checkpoint
+    of another run (another model or class count). ``fix`` ends the sentence."""
+    state_dir = as_path(state_dir)
+    saved = _saved_shapes(state_dir)
+    if saved is None:
+        return
+    want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    where = state_dir.parent
+    for name in sorted(set(saved) | set(want)):
+        if saved.get(name) == want.get(name):
+            continue
+        if name not in saved:
+            why = f"it has no parameter params{name} (shape {want[name]} in this config's model)"
+        elif name not in want:
+            why = f"its parameter params{name} (shape {saved[name]}) is not in this config's model"
+        else:
+            why = f"its parameter params{name} has shape {saved[name]}, this config's model {want[name]}"
+        raise InputError(f"the checkpoint {where} is of another model ({why}): {fix}.")
+
+
 def restore_params(directory: str | os.PathLike, step: int, abstract_params: PyTree) -> tuple[PyTree, int]:
     """The trained parameters of ``step`` (born with the shardings of ``abstract_params``) and
     the step counter, read through a read-only orbax manager.
@@ -284,6 +322,8 @@ def restore_params(directory: str | os.PathLike, step: int, abstract_params: PyT
         manager = _manager(as_path(directory), options)
     finally:
         logging.set_verbosity(verbosity)
+    check_shapes(as_path(directory) / str(int(step)) / "state", abstract_params,
+                 "pass a checkpoint of this workdir's run, or the workdir (and config) of the run that saved it")
     mesh = jax.tree.leaves(abstract_params)[0].sharding.mesh
     target = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh)),
               "params": abstract_params}

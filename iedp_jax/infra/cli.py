@@ -33,6 +33,40 @@ def require_sizes(config: ConfigDict, positive: tuple[str, ...] = (), non_negati
                 raise ConfigError(f"--config.{key}={value!r} must be {words} (whole numbers).")
 
 
+# (height, width) fields: one number given (``--config.data.crop_size=512``) means a square.
+SQUARE_PAIRS = ("data.crop_size", "eval.crop", "eval.stride", "eval.img_scale")
+FIXED_LENGTH = {"mesh.shape": 2}  # tuple fields of one length: another is refused in one sentence
+
+
+def _field(config: ConfigDict, key: str) -> tuple[Any, Any, str] | None:
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not isinstance(node, ConfigDict) or part not in node:
+            return None
+        node = node[part]
+    return (node, node[leaf], leaf) if isinstance(node, ConfigDict) and leaf in node else None
+
+
+def normalise_pairs(config: ConfigDict) -> None:
+    """``(512,)`` (what ``--config.data.crop_size=512`` parses to) becomes ``(512, 512)`` for the
+    (height, width) fields; a pair field or a fixed-length field of another length is a
+    :class:`ConfigError` naming the flag."""
+    for key in SQUARE_PAIRS:
+        if (found := _field(config, key)) is None:
+            continue
+        node, value, leaf = found
+        if isinstance(value, (tuple, list)) and len(value) == 1:
+            node[leaf] = (value[0], value[0])
+        elif isinstance(value, (tuple, list)) and len(value) not in (0, 2):
+            raise ConfigError(f"--config.{key}={tuple(value)} must be (height, width), or one number for a square.")
+    for key, length in FIXED_LENGTH.items():
+        if (found := _field(config, key)) is not None and isinstance(found[1], (tuple, list)) \
+                and len(found[1]) != length:
+            raise ConfigError(f"--config.{key}={tuple(found[1])} must have {length} entries, e.g. "
+                              f"--config.{key}='(-1, 1)'.")
+
+
 def _flag_value(argv: list[str], name: str) -> str | None:
     """The value of ``--name=v`` / ``--name v`` in ``argv`` (None when absent)."""
     for i, arg in enumerate(argv):
@@ -92,6 +126,7 @@ def run(main: Callable[[ConfigDict, str, dict], None], extra_flags: Callable[[],
 
         def start() -> None:
             distributed.initialize()  # before anything touches a device
+            normalise_pairs(config.value)
             main(config.value, workdir.value, flags.FLAGS.flag_values_dict())
 
         _exit_on_user_error(prefix, user_errors, start)

@@ -8,6 +8,8 @@ exception it replaces, so ``except ValueError`` around library calls keeps worki
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -24,6 +26,12 @@ class DatasetError(UserError, FileNotFoundError):
 
 class InputError(UserError, ValueError):
     """A user-supplied file (image, caption file, checkpoint) cannot be used."""
+
+
+class DataValueError(UserError, ValueError):
+    """A dataset file decodes but holds values its dataset cannot have (a label above the class
+    count, depth in another unit): the copy is wrong, so it stops the run rather than being skipped
+    as one unreadable image."""
 
 
 class NonFiniteLoss(UserError, FloatingPointError):
@@ -57,3 +65,18 @@ def output_error(e: OSError, target: object, what: str) -> OutputError | None:
         return None
     where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) != str(target) else ""
     return OutputError(f"cannot write {what} into {target}: {why}{where}; free space or pass a writable folder.")
+
+
+def check_writable(folder, what: str, flag: str | None = None) -> None:
+    """Creates ``folder`` and writes (then removes) a probe file in it, so that a read-only, full
+    or blocked output folder is one :class:`OutputError` before any work, not a traceback after."""
+    folder = Path(folder)
+    probe = folder / f".iedp_write_probe{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as e:
+        if (err := output_error(e, flag or folder, what)) is None:
+            raise
+        raise err from e

@@ -26,11 +26,12 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from iedp_jax.infra.errors import ConfigError
+from iedp_jax.infra.errors import ConfigError, output_error
 from iedp_jax.infra.logs import log_line
 from iedp_jax.infra.paths import as_path, is_local
 
 LOCK_FILE = "run.lock"
+_HELD: set[str] = set()  # the locks this process holds (a lock naming this pid but not here is stale)
 
 
 class WorkdirLocked(ConfigError):
@@ -54,18 +55,36 @@ def _record() -> dict:
 
 def _create(path: epath.Path, text: str) -> bool:
     """Writes ``text`` to ``path`` unless it exists; False when it did."""
-    if is_local(path):
-        try:
-            fd = os.open(os.fspath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    try:
+        if is_local(path):
+            try:
+                fd = os.open(os.fspath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return True
+        if path.exists():
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        path.write_text(text)
         return True
-    if path.exists():
-        return False
-    path.write_text(text)
-    return True
+    except FileExistsError:
+        raise
+    except OSError as e:  # a read-only or full workdir: the machine's, not a bug
+        if (err := output_error(e, f"the workdir {path.parent}", f"the lock file {path.name}")) is None:
+            raise
+        raise err from e
+
+
+def _command(pid: int) -> str | None:
+    """The command line of a local process (Linux ``/proc``), to tell a reused pid from a run."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = f.read().split(b"\0")
+    except OSError:
+        return None
+    text = " ".join(w.decode(errors="replace") for w in words if w)
+    return text[:120] or None
 
 
 def _read(path: epath.Path) -> dict | None:
@@ -93,22 +112,34 @@ def acquire(workdir: str | os.PathLike) -> epath.Path:
     mine = _record()
     for _ in range(3):  # a stale lock taken over by two runs at once: one of them loses the retry
         if _create(path, json.dumps(mine) + "\n"):
+            _HELD.add(str(path))
             return path
         held = _read(path)
         if held is None:
             continue  # released in between
         same_host = held.get("host") == mine["host"]
-        if same_host and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"]):
-            log_line(f"warning: {path}: the run that held it (pid {held['pid']}, started {held.get('started')}) "
+        pid = held.get("pid")
+        own = pid == mine["pid"] and str(path) not in _HELD  # a killed run's pid, now this process's
+        if same_host and isinstance(pid, int) and (own or not _pid_alive(pid)):
+            log_line(f"warning: {path}: the run that held it (pid {pid}, started {held.get('started')}) "
                      "is gone; taking the lock over")
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             continue
         who = (f"the run started {held.get('started', '?')} on host {held.get('host', '?')} "
-               f"(pid {held.get('pid', '?')}, {held.get('processes', '?')} processes)") if held \
+               f"(pid {pid if pid is not None else '?'}, {held.get('processes', '?')} processes)") if held \
             else "an unknown run (the lock file is unreadable)"
-        fix = ("stop that run" if same_host else "stop that run, or if it is dead (it ran on another host, so this "
-               f"cannot be checked here) delete {path}")
+        if same_host and pid == mine["pid"]:
+            fix = "stop that run (this very process holds it: a train() call still running on this workdir)"
+        elif same_host and isinstance(pid, int):
+            command = _command(pid) or "alive"
+            fix = (f"stop that run (pid {pid} is now: {command}), or if that is not the training run (its pid was "
+                   f"reused) delete {path}")
+        elif held:
+            fix = (f"stop that run, or if it is dead (it ran on another host, so this cannot be checked here) delete "
+                   f"{path}")
+        else:
+            fix = f"stop that run, or if no run uses this workdir delete {path}"
         raise WorkdirLocked(f"{workdir} is in use by {who}: {fix}, or train into another --workdir.")
     raise WorkdirLocked(f"{path} keeps changing: another run is starting in {workdir}; use another --workdir.")
 
@@ -116,6 +147,7 @@ def acquire(workdir: str | os.PathLike) -> epath.Path:
 def release(path: epath.Path) -> None:
     """Removes the lock if this process still holds it."""
     held = _read(path)
+    _HELD.discard(str(path))
     if held and held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -50,13 +50,18 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values.tolist()]
 
 
+ABSENT_IOU = ("nan", "zero")
+
+
 def segmentation_metrics(conf: np.ndarray,
-                         class_names: Sequence[str] | None = None) -> dict:
+                         class_names: Sequence[str] | None = None, absent_iou: str = "nan") -> dict:
     """mIoU, aAcc, mAcc and per-class IoU/Acc (fractions in [0, 1]) from a confusion matrix.
 
     Follows mmseg's ``total_area_to_metrics``: ``IoU = TP / (label area + pred area - TP)`` and
     ``Acc = TP / label area``; a class whose denominator is 0 (IoU: absent from both label and
-    prediction; Acc: absent from the label) gets NaN and is left out of the mean. Per-class values
+    prediction; Acc: absent from the label) gets NaN and is left out of the mean. With
+    ``absent_iou="zero"`` such a class's IoU is 0 and counts in the mIoU instead (DiffSegmenter's
+    official ``TP / (T + P - TP + 1e-10)`` over all classes). Per-class values
     are a dict keyed by class name when names are given, else a list; NaN is written as None so the
     result is JSON-serialisable.
     """
@@ -73,8 +78,10 @@ def segmentation_metrics(conf: np.ndarray,
     area_label = conf.sum(axis=1)  # [C]
     area_pred = conf.sum(axis=0)  # [C]
     union = area_label + area_pred - tp
+    if absent_iou not in ABSENT_IOU:
+        raise ValueError(f"absent_iou must be one of {ABSENT_IOU}, got {absent_iou!r}.")
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
+        iou = np.where(union > 0, tp / union, np.nan if absent_iou == "nan" else 0.0)
         acc = np.where(area_label > 0, tp / area_label, np.nan)
     iou_list, acc_list = _nan_to_none(iou), _nan_to_none(acc)
     per_class = ((lambda v: dict(zip(class_names, v))) if class_names is not None

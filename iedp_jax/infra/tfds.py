@@ -15,7 +15,9 @@ the readers.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -76,9 +78,26 @@ class FolderBuilder(_Base):  # type: ignore[misc, valid-type]
         for split in self.SPLITS.values():
             self._examples(manual_dir, split)
 
+    def source_key(self, manual_dir: Path, examples: Mapping[str, Sequence] | None = None) -> dict[str, str]:
+        """What the prepared copy was built from: the folder and a fingerprint of its listing (each
+        split's files by relative path and size), kept in the metadata so that a copy is never
+        reused for another folder."""
+        manual_dir = Path(manual_dir).absolute()
+        if examples is None:
+            examples = {name: list(self._examples(manual_dir, split)) for name, split in self.SPLITS.items()}
+        digest = hashlib.sha256()
+        for name in sorted(examples):
+            for key, ex in examples[name]:
+                files = sorted((k, str(v)) for k, v in ex.items() if isinstance(v, Path))
+                row = [name, key] + [[k, os.path.relpath(Path(v).absolute(), manual_dir), Path(v).stat().st_size]
+                                     for k, v in files]
+                digest.update(json.dumps(row).encode())
+        return {"path": str(manual_dir), "fingerprint": digest.hexdigest()[:16]}
+
     def _split_generators(self, dl_manager):
         manual = Path(dl_manager.manual_dir)
         examples = {name: list(self._examples(manual, split)) for name, split in self.SPLITS.items()}
+        self.info.metadata["source"] = self.source_key(manual, examples)
         # The per-record text fields, in record order, so readers need not scan the records.
         self.info.metadata["index"] = {
             name: {k: [str(ex[k]) for _, ex in exs] for k in self.INDEXED} for name, exs in examples.items()}
@@ -116,7 +135,22 @@ def prepare(builder_cls: type, manual_dir: str | os.PathLike, data_dir: str | os
                               'pip install -e ".[data]" (reading prepared files does not).') from e
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=str(Path(manual_dir).absolute())))
+    elif manual_dir and str(manual_dir).strip() and Path(manual_dir).is_dir():
+        check_source(builder, Path(manual_dir))
     return builder
+
+
+def check_source(builder, manual_dir: Path) -> None:
+    """A :class:`DatasetError` when the prepared copy was built from another folder than
+    ``manual_dir`` (another listing; a copy moved with its files is the same source)."""
+    stored = builder.info.metadata.get("source") if builder.info.metadata is not None else None
+    if not isinstance(stored, Mapping) or not hasattr(builder, "source_key"):
+        return  # prepared by an earlier release: its source is not known
+    current = builder.source_key(manual_dir)
+    if stored.get("fingerprint") != current["fingerprint"]:
+        raise DatasetError(f"the prepared copy {builder.data_dir} was built from {stored.get('path')}, not from "
+                           f"data.data_dir={current['path']} (their files differ): set --config.data.tfds_dir to "
+                           "another folder for this dataset, or delete the prepared copy to rebuild it.")
 
 
 def prepare_once(builder_cls: type, manual_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None):
@@ -166,6 +200,7 @@ class RecordPairs:
             raise DatasetError(f"{builder.data_dir}: the {split} split holds {len(self.source)} records but "
                                f"its index {len(self.names)}: delete the folder and prepare it again.")
         self.fields = fields
+        self.where = f"the prepared {split} split in {builder.data_dir}"
 
     def __len__(self) -> int:
         return len(self.names)
@@ -174,8 +209,14 @@ class RecordPairs:
         return self.names[i]
 
     def open(self, i: int) -> tuple[io.BytesIO, io.BytesIO]:
-        record = self.source[i]
-        a, b = (as_file(record[f]) for f in self.fields)
+        try:
+            record = self.source[i]
+            a, b = (as_file(record[f]) for f in self.fields)
+        except (TypeError, ValueError, KeyError, OSError, RuntimeError) as e:  # a truncated or damaged shard
+            why = " ".join(str(e).split()) or type(e).__name__
+            raise DatasetError(f"record {i} ({self.names[i]}) of {self.where} cannot be read ({why}): its "
+                               "array_record files are truncated or damaged; delete that folder and rerun to "
+                               "prepare it again.") from e
         a.name, b.name = f"{self.names[i]}:{self.fields[0]}", f"{self.names[i]}:{self.fields[1]}"
         return a, b
 
@@ -184,5 +225,5 @@ class RecordPairs:
         if n is None:
             return self
         out = object.__new__(RecordPairs)
-        out.source, out.names, out.fields = self.source, self.names[:n], self.fields
+        out.source, out.names, out.fields, out.where = self.source, self.names[:n], self.fields, self.where
         return out

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from iedp_jax.sd.layers import dense
 from iedp_jax.sd.names import flax_path_to_module_name
 
 Dtype = Any
@@ -244,8 +245,8 @@ class Attention(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         inner = self.heads * self.head_dim
         context = x if context is None else context
-        q = nn.Dense(inner, use_bias=self.qkv_bias, name="to_q", **kw)(x)
-        k = nn.Dense(inner, use_bias=self.qkv_bias, name="to_k", **kw)(context)
-        v = nn.Dense(inner, use_bias=self.qkv_bias, name="to_v", **kw)(context)
+        q = dense(inner, use_bias=self.qkv_bias, name="to_q", **kw)(x)
+        k = dense(inner, use_bias=self.qkv_bias, name="to_k", **kw)(context)
+        v = dense(inner, use_bias=self.qkv_bias, name="to_v", **kw)(context)
         out = dot_product_attention(q, k, v, self.heads, self if self.capture else None)
-        return nn.Dense(self.out_dim, name="to_out_0", **kw)(out)
+        return dense(self.out_dim, name="to_out_0", **kw)(out)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from iedp_jax.sd.attention import dot_product_attention, sdpa
+from iedp_jax.sd.layers import dense
 from iedp_jax.sd.weights import (
     WeightsError,
     checkpoint_files,
@@ -248,9 +249,9 @@ class CLIPAttention(nn.Module):
                  padding_mask: jax.Array | None = None) -> jax.Array:
         # x: [B, T, D]; padding_mask: [B, T] bool (True = real token) or None
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        q = nn.Dense(self.hidden_size, name="q_proj", **kw)(x)  # [B, T, D]
-        k = nn.Dense(self.hidden_size, name="k_proj", **kw)(x)
-        v = nn.Dense(self.hidden_size, name="v_proj", **kw)(x)
+        q = dense(self.hidden_size, name="q_proj", **kw)(x)  # [B, T, D]
+        k = dense(self.hidden_size, name="k_proj", **kw)(x)
+        v = dense(self.hidden_size, name="v_proj", **kw)(x)
         if not causal and padding_mask is None:
             out = dot_product_attention(q, k, v, self.heads)  # fused path
         else:
@@ -259,7 +260,7 @@ class CLIPAttention(nn.Module):
             mask = None if padding_mask is None else padding_mask.astype(bool)[:, None, None, :]
             out = sdpa(q, k, v, mask=mask, is_causal=causal, scale=(d // self.heads) ** -0.5)
             out = out.reshape(b, t, d)  # [B, T, D]
-        return nn.Dense(self.hidden_size, name="out_proj", **kw)(out)
+        return dense(self.hidden_size, name="out_proj", **kw)(out)
 
 
 class CLIPMLP(nn.Module):
@@ -274,9 +275,9 @@ class CLIPMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.Dense(self.intermediate_size, name="fc1", **kw)(x)  # [B, T, I]
+        h = dense(self.intermediate_size, name="fc1", **kw)(x)  # [B, T, I]
         h = _ACTIVATIONS[self.hidden_act](h)
-        return nn.Dense(self.hidden_size, name="fc2", **kw)(h)  # [B, T, D]
+        return dense(self.hidden_size, name="fc2", **kw)(h)  # [B, T, D]
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -374,7 +375,7 @@ class CLIPTextTransformer(nn.Module):
         pooled = jnp.take_along_axis(x, eos_pos[:, None, None], axis=1)[:, 0]  # [B, D]
         embeds = None
         if c.with_projection:
-            embeds = nn.Dense(c.projection_dim, use_bias=False, name="text_projection", **kw)(pooled)
+            embeds = dense(c.projection_dim, use_bias=False, name="text_projection", **kw)(pooled)
         return CLIPTextOutput(x, pooled, embeds, states)
 
 
@@ -434,7 +435,7 @@ class CLIPVisionTransformer(nn.Module):
         pooled = _layer_norm(c.layer_norm_eps, name="post_layernorm", **kw)(x[:, 0])  # [B, D]
         embeds = None
         if c.with_projection:
-            embeds = nn.Dense(c.projection_dim, use_bias=False, name="visual_projection", **kw)(pooled)
+            embeds = dense(c.projection_dim, use_bias=False, name="visual_projection", **kw)(pooled)
         return CLIPVisionOutput(x, pooled, embeds, states)
 
 

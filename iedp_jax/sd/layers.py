@@ -19,13 +19,44 @@ def group_norm(groups: int, eps: float, dtype: Dtype, param_dtype: Dtype, name: 
                         use_fast_variance=False, name=name)
 
 
+def _conv_after_input(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+    """``lax.conv_general_dilated`` whose kernel is tied to its input by an optimisation barrier.
+
+    In a low-precision convolution the compiler inserts a cast of the kernel (to the compute
+    dtype, and on XLA:CPU, which has no bfloat16 convolution, to float32). A cast depends on
+    nothing but a parameter, so the scheduler is free to run every one of them at the start:
+    a float32 copy of all of SD 1.5's kernels (3.4 GiB) alive at once, which made DiffSegmenter
+    in bfloat16 larger than in float32. The barrier makes each cast wait for its input."""
+    lhs, rhs = jax.lax.optimization_barrier((lhs, rhs))
+    return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+
+
+def _dot_after_input(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+    """``lax.dot_general`` whose weight is tied to its input (see ``_conv_after_input``)."""
+    lhs, rhs = jax.lax.optimization_barrier((lhs, rhs))
+    return jax.lax.dot_general(lhs, rhs, *args, **kwargs)
+
+
+def _low_precision(dtype: Dtype) -> bool:
+    return dtype is not None and jnp.dtype(dtype) != jnp.float32
+
+
+def dense(features: int, use_bias: bool = True, *, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Dense:
+    """``nn.Dense`` (low-precision compute: the weight's cast waits for the input, as in
+    :func:`conv`)."""
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                    dot_general=_dot_after_input if _low_precision(dtype) else jax.lax.dot_general)
+
+
 def conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: str,
          stride: int = 1, padding: Any = "SAME_TORCH", use_bias: bool = True) -> nn.Conv:
-    """A 2-D convolution with PyTorch's symmetric ``kernel // 2`` padding unless told otherwise."""
+    """A 2-D convolution with PyTorch's symmetric ``kernel // 2`` padding unless told otherwise
+    (low-precision compute: the kernel's cast waits for the input, see ``_conv_after_input``)."""
     if padding == "SAME_TORCH":
         padding = ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                   conv_general_dilated=_conv_after_input if _low_precision(dtype) else jax.lax.conv_general_dilated)
 
 
 def _check_size(size: Sequence[int]) -> tuple[int, int]:
@@ -112,7 +143,7 @@ class ResnetBlock2D(nn.Module):
         h = nn.silu(group_norm(self.groups, self.eps, name="norm1", **kw)(x))
         h = conv(self.out_channels, 3, name="conv1", **kw)(h)
         if temb is not None:
-            t = nn.Dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))
+            t = dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))
             h = h + t[:, None, None, :]
         h = nn.silu(group_norm(self.groups, self.eps, name="norm2", **kw)(h))
         h = conv(self.out_channels, 3, name="conv2", **kw)(h)

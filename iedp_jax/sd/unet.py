@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from iedp_jax.sd.attention import CROSS, NO_CAPTURE, SELF, Attention, AttentionCapture
-from iedp_jax.sd.layers import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
+from iedp_jax.sd.layers import Downsample2D, ResnetBlock2D, Upsample2D, conv, dense, group_norm
 from iedp_jax.sd.names import flax_path_to_module_name
 from iedp_jax.sd.weights import WeightsError, load_params, parse_config, resolve_component
 
@@ -215,7 +215,7 @@ class GEGLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        hg = nn.Dense(2 * self.features, name="proj", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        hg = dense(2 * self.features, name="proj", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         h, gate = jnp.split(hg, 2, axis=-1)
         return h * nn.gelu(gate, approximate=False)
 
@@ -231,7 +231,7 @@ class GEGLUFeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        return nn.Dense(self.dim, name="net_2", **kw)(GEGLU(self.dim * self.mult, name="net_0", **kw)(x))
+        return dense(self.dim, name="net_2", **kw)(GEGLU(self.dim * self.mult, name="net_0", **kw)(x))
 
 
 class Transformer2DModel(nn.Module):
@@ -251,7 +251,7 @@ class Transformer2DModel(nn.Module):
         # x: [B, H, W, C], context: [B, L, D]
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, h, w, c = x.shape
-        proj = (lambda name: nn.Dense(self.channels, name=name, **kw)) if self.use_linear_projection else (
+        proj = (lambda name: dense(self.channels, name=name, **kw)) if self.use_linear_projection else (
             lambda name: conv(self.channels, 1, name=name, padding=((0, 0), (0, 0)), **kw))
         hs = group_norm(self.groups, 1e-6, name="norm", **kw)(x)
         if self.use_linear_projection:
@@ -280,8 +280,8 @@ class TimestepEmbedding(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.Dense(self.dim, name="linear_1", **kw)(x)
-        return nn.Dense(self.dim, name="linear_2", **kw)(nn.silu(x))
+        x = dense(self.dim, name="linear_1", **kw)(x)
+        return dense(self.dim, name="linear_2", **kw)(nn.silu(x))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from iedp_jax.sd.attention import dot_product_attention
-from iedp_jax.sd.layers import Downsample2D, ResnetBlock2D, Upsample2D, conv, group_norm
+from iedp_jax.sd.layers import Downsample2D, ResnetBlock2D, Upsample2D, conv, dense, group_norm
 from iedp_jax.sd.weights import WeightsError, load_params, parse_config, resolve_component
 
 Dtype = Any
@@ -126,11 +126,11 @@ class VAEAttention(nn.Module):
         b, h, w, c = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         y = group_norm(self.groups, VAE_EPS, name="group_norm", **kw)(x).reshape(b, h * w, c)
-        q = nn.Dense(c, name="to_q", **kw)(y)
-        k = nn.Dense(c, name="to_k", **kw)(y)
-        v = nn.Dense(c, name="to_v", **kw)(y)
+        q = dense(c, name="to_q", **kw)(y)
+        k = dense(c, name="to_k", **kw)(y)
+        v = dense(c, name="to_v", **kw)(y)
         out = dot_product_attention(q, k, v, heads=1)
-        out = nn.Dense(c, name="to_out_0", **kw)(out)
+        out = dense(c, name="to_out_0", **kw)(out)
         return x + out.reshape(b, h, w, c)
 
 
