@@ -38,12 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.full_size import configs
+from benchmarks.rss import PeakRSS
 from benchmarks.unet import sd15_config, timeit
 from diffseg_jax.config import DTYPES, DiffSegConfig
 from diffseg_jax.evaluate import fold_rows, pack_rows, update_best
 from diffseg_jax.pipeline import DiffSegmenter, load_diffsegmenter
 from diffseg_jax.prompts import pad_class_prompts
 from iedp_jax.infra.compile import compiler_options
+from iedp_jax.infra.memory import compiled_sizes
 from iedp_jax.sd import AutoencoderKL, CLIPTextConfig, CLIPTextTransformer, UNet2DConditionModel, UNetConfig, VAEConfig
 from iedp_jax.sd.schedule import from_config
 from iedp_jax.sd.tiny import write_tiny_backbone
@@ -55,28 +57,41 @@ WORDS = ("cat", "dog", "sofa", "plant", "table", "chair", "person", "car", "bus"
 
 
 def throughput(args) -> None:
+    """Images/s of the vmapped pipeline, the per-class loop and the PyTorch reference (float32),
+    each with the resident memory its phase added (the host's figure: on a CPU neither library
+    reports a device peak) and XLA's compiled peak of the vmapped program."""
     folder = Path(args.pretrained) if args.pretrained else write_tiny_backbone(Path(tempfile.mkdtemp()) / "tiny")
     dtype = DTYPES[args.dtype]
-    seg, params = load_diffsegmenter(folder, DiffSegConfig(image_size=args.image_size), dtype=dtype)
     k = args.classes[0]
-    prompts = [seg.encode_prompts(list(WORDS[:k]))] * args.batch
-    ids, w, pos, valid = (np.asarray(x) for x in pad_class_prompts(prompts, seg.tokenizer))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, args.image_size, args.image_size, 3), dtype=np.uint8)
-    jargs = (params, jnp.asarray(images), ids, w, pos, valid, 0)
-    vm = timeit(lambda: jax.block_until_ready(seg.segment(*jargs)), args.iters)
-    pc = timeit(lambda: jax.block_until_ready(segment_per_class(seg, *jargs)), args.iters)
+    with PeakRSS() as jax_rss:
+        seg, params = load_diffsegmenter(folder, DiffSegConfig(image_size=args.image_size), dtype=dtype)
+        prompts = [seg.encode_prompts(list(WORDS[:k]))] * args.batch
+        ids, w, pos, valid = (np.asarray(x) for x in pad_class_prompts(prompts, seg.tokenizer))
+        jargs = (params, jnp.asarray(images), ids, w, pos, valid, 0)
+        compiled = seg.segment.lower(*jargs).compile(compiler_options() or None)
+        sizes = compiled_sizes(compiled.memory_analysis()) or {"peak": float("nan")}
+        vm = timeit(lambda: jax.block_until_ready(compiled(*jargs)), args.iters)
+        pc = None if args.no_loop else timeit(lambda: jax.block_until_ready(segment_per_class(seg, *jargs)),
+                                              args.iters)
+        ours = np.asarray(compiled(*jargs)[1]) if dtype == jnp.float32 else None
+        params = jargs = compiled = None  # free the JAX buffers before the PyTorch phase
     print(f"device: {jax.devices()[0].device_kind}  images {args.batch} x {k} classes  {args.image_size} px  "
           f"{args.dtype}")
-    print(f"jax vmapped (one UNet call):  {args.batch / vm:8.3f} images/s")
-    print(f"jax per-class loop:           {args.batch / pc:8.3f} images/s   vmapped/loop {pc / vm:.2f}x")
+    print(f"jax vmapped (one UNet call):  {args.batch / vm:8.3f} images/s   XLA compiled peak {sizes['peak']:.2f} GiB")
+    if pc is not None:
+        print(f"jax per-class loop:           {args.batch / pc:8.3f} images/s   vmapped/loop {pc / vm:.2f}x")
     if not args.no_torch and dtype == jnp.float32:
-        run = torch_reference(folder, seg, images, ids, w, pos)
-        tr = timeit(run, max(1, args.iters // 2))
-        ours = np.asarray(seg.segment(*jargs)[1])
-        diff = np.abs(ours - run()).max()
+        with PeakRSS() as torch_rss:
+            run = torch_reference(folder, seg, images, ids, w, pos)
+            tr = timeit(run, max(1, args.iters // 2))
+            diff = np.abs(ours - run()).max()
         print(f"torch per-class reference:    {args.batch / tr:8.3f} images/s   vmapped/torch {tr / vm:.2f}x"
               f"   (max |class map difference| {diff:.1e})")
+        print(f"resident memory added: jax {jax_rss.extra:.2f} GiB, torch {torch_rss.extra:.2f} GiB")
+    else:
+        print(f"resident memory added: jax {jax_rss.extra:.2f} GiB")
 
 
 def candidate_counts(mean: float, batch: int) -> list[int]:
@@ -197,6 +212,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-loop", action="store_true", help="skip the per-class JAX loop")
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--candidates", type=float, nargs="+", default=None,
                     help="mean candidate classes per image, e.g. 1.3 2.1 1.6: packed vs fixed-K vs torch per class")

@@ -31,8 +31,10 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from benchmarks.rss import PeakRSS
 from iedp_jax.build import resolve_backbone
 from iedp_jax.infra import sharding
+from iedp_jax.infra.memory import compiled_sizes
 from iedp_jax.trainer import build_trainer
 from tests.helpers import train_batch
 
@@ -87,7 +89,9 @@ def main() -> None:
     run_torch = not no_torch.value and t.model.config.task == "seg" and jax.process_count() == 1
     # The implicit/adapter/head initial parameters for the reference (the JAX step donates the state).
     heads = {k: v for k, v in jax.device_get(t.state["params"]).items() if k != "unet"} if run_torch else None
-    compiled = t.step_fn.jitted.lower(t.state, t.frozen, batches[0]).compile()
+    jax_rss = PeakRSS().__enter__()
+    compiled = t.step_fn.compile(t.state, t.frozen, batches[0])  # the trainer's own compile (cached)
+    sizes = compiled_sizes(compiled.memory_analysis()) or {"peak": float("nan")}
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float((cost or {}).get("flops", 0.0))
@@ -104,7 +108,10 @@ def main() -> None:
     b = cfg.train.batch_size
     stats = jax.devices()[0].memory_stats() or {}
     del state, m
+    jax_rss.__exit__()
+    torch_rss = PeakRSS().__enter__()
     ref = bench_torch(cfg, t.model, heads, workdir, host, steps.value) if run_torch else None
+    torch_rss.__exit__()
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  config: {cfg.data.name} "
           f"crop {tuple(cfg.data.crop_size)}  batch {b}  dtype {cfg.model.dtype}  remat {cfg.model.remat}")
     print(f"train step: {b / sec:.2f} images/s ({sec * 1e3:.1f} ms/step; first step {first:.1f} s), "
@@ -118,7 +125,10 @@ def main() -> None:
         print("torch train step: skipped (the PyTorch reference is single-process segmentation only)")
     peak = stats.get("peak_bytes_in_use")
     print(f"peak device memory: {peak / 2**30:.2f} GiB" if peak else "peak device memory: n/a (CPU)",
-          f"; peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+          f"; XLA compiled peak {sizes['peak']:.2f} GiB"
+          f"; peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; added by the"
+          f" JAX step (compile and run) {jax_rss.extra:.2f} GiB"
+          + (f", by the PyTorch reference {torch_rss.extra:.2f} GiB" if ref is not None else ""))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from tests.helpers import ROOT
 PACKAGES = ("iedp_jax", "diffseg_jax")
 ALLOWED = {"sd": {"sd"}, "infra": {"infra"}, "iedp": {"sd", "infra", "iedp"}, "diffseg": {"sd", "infra", "diffseg"}}
 ENTRY_POINTS = {"iedp_jax.train", "iedp_jax.evaluate", "iedp_jax.predict", "iedp_jax.export", "diffseg_jax.evaluate",
-                "diffseg_jax.segment", "diffseg_jax.captions", "iedp_jax.class_embeddings"}
+                "diffseg_jax.segment", "diffseg_jax.captions", "iedp_jax.class_embeddings", "iedp_jax.demo",
+                "diffseg_jax.demo"}
 # Optional heavy dependencies that may be imported inside a function (with a comment).
-LAZY_OK = {"torch", "tensorflow", "tensorflow_datasets", "transformers", "diffusers"}
+LAZY_OK = {"torch", "tensorflow", "tensorflow_datasets", "transformers", "diffusers", "gradio"}
 
 
 def layer(module: str) -> str:

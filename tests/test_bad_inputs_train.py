@@ -191,7 +191,7 @@ def _read_records(ctx):
 
 def _label_above(folder: Path, fx: dict) -> dict:
     root = write_ade(folder / "ade", n_train=2, val_values=(0, 3))
-    label = sorted((root / "ADEChallengeData2016" / "annotations" / "training").glob("*.png"))[1]
+    label = sorted((root / "annotations" / "training").glob("*.png"))[1]
     arr = np.asarray(Image.open(label)).copy()
     arr[0, 0] = 151
     Image.fromarray(arr).save(label)
