@@ -39,7 +39,7 @@ import numpy as np
 
 from benchmarks.full_size import configs
 from benchmarks.rss import PeakRSS
-from benchmarks.unet import sd15_config, timeit
+from benchmarks.unet import sd15_config, timed, timeit
 from diffseg_jax.config import DTYPES, DiffSegConfig
 from diffseg_jax.evaluate import fold_rows, pack_rows, update_best
 from diffseg_jax.pipeline import DiffSegmenter, load_diffsegmenter
@@ -72,22 +72,27 @@ def throughput(args) -> None:
         jargs = (params, jnp.asarray(images), ids, w, pos, valid, 0)
         compiled = seg.segment.lower(*jargs).compile(compiler_options() or None)
         sizes = compiled_sizes(compiled.memory_analysis()) or {"peak": float("nan")}
-        vm = timeit(lambda: jax.block_until_ready(compiled(*jargs)), args.iters)
+        vm_t = timed(lambda: jax.block_until_ready(compiled(*jargs)), args.iters)
+        vm = vm_t["wall"]
         pc = None if args.no_loop else timeit(lambda: jax.block_until_ready(segment_per_class(seg, *jargs)),
                                               args.iters)
         ours = np.asarray(compiled(*jargs)[1]) if dtype == jnp.float32 else None
         params = jargs = compiled = None  # free the JAX buffers before the PyTorch phase
     print(f"device: {jax.devices()[0].device_kind}  images {args.batch} x {k} classes  {args.image_size} px  "
           f"{args.dtype}")
-    print(f"jax vmapped (one UNet call):  {args.batch / vm:8.3f} images/s   XLA compiled peak {sizes['peak']:.2f} GiB")
+    print(f"jax vmapped (one UNet call):  {args.batch / vm:8.3f} images/s   {vm_t['cpu'] / args.batch:.3g} CPU-s/image "
+          f"(load {vm_t['load']:.1f})   XLA compiled peak {sizes['peak']:.2f} GiB")
     if pc is not None:
         print(f"jax per-class loop:           {args.batch / pc:8.3f} images/s   vmapped/loop {pc / vm:.2f}x")
     if not args.no_torch and dtype == jnp.float32:
         with PeakRSS() as torch_rss:
             run = torch_reference(folder, seg, images, ids, w, pos)
-            tr = timeit(run, max(1, args.iters // 2))
+            tr_t = timed(run, max(1, args.iters // 2))
+            tr = tr_t["wall"]
             diff = np.abs(ours - run()).max()
-        print(f"torch per-class reference:    {args.batch / tr:8.3f} images/s   vmapped/torch {tr / vm:.2f}x"
+        print(f"torch per-class reference:    {args.batch / tr:8.3f} images/s   "
+              f"{tr_t['cpu'] / args.batch:.3g} CPU-s/image (load {tr_t['load']:.1f})   "
+              f"vmapped/torch: wall {tr / vm:.2f}x, CPU {tr_t['cpu'] / vm_t['cpu']:.2f}x"
               f"   (max |class map difference| {diff:.1e})")
         print(f"resident memory added: jax {jax_rss.extra:.2f} GiB, torch {torch_rss.extra:.2f} GiB")
     else:

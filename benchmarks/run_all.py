@@ -14,7 +14,7 @@ Presets:
   step, DiffSegmenter on the tiny backbone with 20 classes) and the input pipeline at crop 512 /
   batch 16 on 1 and 2 threads.
 - ``gpu``: SD 1.5 sizes. UNet ``--config sd15 --batch 8 --size 512 --dtype bfloat16``; the train
-  step with configs/ade.py (SD 1.5 + CLIP ViT-L from ``--sd15`` / ``--clip-vision``, bfloat16,
+  step with iedp_jax/configs/ade.py (SD 1.5 + CLIP ViT-L from ``--sd15`` / ``--clip-vision``, bfloat16,
   ``--train-batch``, crop 512) on a synthetic ADE20K folder written by input_pipeline.py; the input
   pipeline on 1, 2, 4, ... threads up to the core count; DiffSegmenter with the ``--sd15`` weights,
   20 classes, 512 px, bfloat16. train_step and diffseg are skipped without ``--sd15`` (train_step
@@ -93,10 +93,10 @@ def parse_unet(text: str) -> list[Row]:
         else:
             memory = f"host RSS {float(mem.group(3)):.2f} GiB (process)"
     rows = []
-    for m in re.finditer(rf"^(forward(?:\+backward)?)\s+jax\s+{_NUM} img/s \({_NUM} TFLOP/s\)"
-                         rf"(?:\s+torch\s+{_NUM} img/s)?", text, re.M):
+    for m in re.finditer(rf"^(forward(?:\+backward)?)\s+jax\s+{_NUM} img/s, {_NUM} CPU-s/img \({_NUM} TFLOP/s"
+                         rf"[^)]*\)(?:\s+torch\s+{_NUM} img/s)?", text, re.M):
         rows.append({"benchmark": f"UNet {m.group(1)}", "config": "", "jax": float(m.group(2)),
-                     "torch": float(m.group(4)) if m.group(4) else None, "tflops": float(m.group(3)),
+                     "torch": float(m.group(5)) if m.group(5) else None, "tflops": float(m.group(4)),
                      "memory": memory})
     return rows
 
@@ -201,10 +201,10 @@ def build_specs(preset: str, args: argparse.Namespace) -> list[Spec]:
         return [
             Spec("unet", [[*bench("unet"), "--config", "tiny", "--batch", "4", "--size", "256",
                            "--iters", "5"]], "tiny UNet, batch 4, 256 px, float32", parse_unet),
-            Spec("train_step", [[*bench("train_step"), "--config", "configs/smoke_seg.py",
+            Spec("train_step", [[*bench("train_step"), "--config", "iedp_jax/configs/smoke_seg.py",
                                  "--config.data.crop_size=(64,64)", "--config.train.batch_size=16",
                                  "--steps", "10"]],
-                 "configs/smoke_seg.py: tiny backbone, crop 64, batch 16, float32", parse_train_step,
+                 "iedp_jax/configs/smoke_seg.py: tiny backbone, crop 64, batch 16, float32", parse_train_step,
                  notes=["train_step's PyTorch column is tests/reference/torch_iedp.py in the same process: "
                         "diffusers UNet + transformers CLIP + the ported heads, eager, float32, "
                         "`F.scaled_dot_product_attention` except at the captured cross-attention layers "
@@ -228,11 +228,11 @@ def build_specs(preset: str, args: argparse.Namespace) -> list[Spec]:
              parse_unet),
         Spec("train_step",
              [write_ade,
-              [*bench("train_step"), "--config", "configs/ade.py",
+              [*bench("train_step"), "--config", "iedp_jax/configs/ade.py",
                f"--config.model.pretrained={sd15}", f"--config.model.clip_vision={clip}",
                "--config.model.dtype=bfloat16", f"--config.train.batch_size={b}",
                "--config.data.format=folders", f"--config.data.data_dir={ade}", "--steps", "10"]],
-             f"configs/ade.py: SD 1.5 + CLIP ViT, crop 512, batch {b}, bfloat16", parse_train_step,
+             f"iedp_jax/configs/ade.py: SD 1.5 + CLIP ViT, crop 512, batch {b}, bfloat16", parse_train_step,
              skip=None if args.sd15 and args.clip_vision else "needs --sd15 and --clip-vision",
              notes=["train_step's PyTorch column is tests/reference/torch_iedp.py on the same GPU in the same "
                     "process: diffusers UNet + transformers CLIP + the ported heads, eager (no torch.compile), "

@@ -1,6 +1,6 @@
 """Compile-only memory breakdown of the IEDP train step, from XLA's memory analysis.
 
-  python -m benchmarks.train_memory --config configs/ade.py \
+  python -m benchmarks.train_memory --config iedp_jax/configs/ade.py \
       --config.model.pretrained=/tmp/full/sd15 --config.model.clip_vision=/tmp/full/clip_l14 \
       --config.data.data_dir=/tmp/full/ade --config.data.format=folders \
       --variants float32:none:1,bfloat16:blocks:2 [--json out.json] [--top 8]
@@ -31,7 +31,8 @@ from ml_collections import config_flags
 from iedp_jax.infra import memory, sharding
 from iedp_jax.trainer import build_trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ade.py.", lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. iedp_jax/configs/ade.py.",
+                                          lock_config=False)
 _VARIANTS = flags.DEFINE_string("variants", "float32:none:1", "Comma-separated dtype:remat:batch[:fsdp].")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
 _TOP = flags.DEFINE_integer("top", 0, "List the N largest buffers of each variant (XLA buffer assignment).")

@@ -2,8 +2,8 @@
 ours (jitted JAX) and its PyTorch reference (tests/reference/torch_iedp.py) on the same device
 in the same process.
 
-  python -m benchmarks.train_step --config configs/smoke_seg.py     # CPU, tiny backbone
-  python -m benchmarks.train_step --config configs/ade.py --config.model.pretrained=... \
+  python -m benchmarks.train_step --config iedp_jax/configs/smoke_seg.py     # CPU, tiny backbone
+  python -m benchmarks.train_step --config iedp_jax/configs/ade.py --config.model.pretrained=... \
       --config.model.clip_vision=... --config.model.dtype=bfloat16 --config.train.batch_size=2
 
 Any segmentation config works (``--config.x=y`` overrides included; the PyTorch reference
@@ -39,6 +39,11 @@ from iedp_jax.trainer import build_trainer
 from tests.helpers import train_batch
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def bench_torch(cfg, model, heads: dict, workdir: Path, host_batches: list[dict[str, np.ndarray]],
                 steps: int) -> dict:
     """Seconds per step, first-step seconds and peak CUDA memory of the PyTorch reference step,
@@ -65,18 +70,20 @@ def bench_torch(cfg, model, heads: dict, workdir: Path, host_batches: list[dict[
     float(m["loss"])
     sync()
     first = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _cpu_seconds()
     for s in range(steps):
         m = torch_iedp.train_step(ref, opt, schedule, batches[s % 2], s + 1, clip_norm)
     float(m["loss"])
     sync()
     sec = (time.perf_counter() - start) / steps
+    cpu = (_cpu_seconds() - cpu0) / steps
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
-    return dict(sec=sec, first=first, peak=peak, loss=float(m["loss"]), device=str(dev))
+    return dict(sec=sec, cpu=cpu, load=os.getloadavg()[0], first=first, peak=peak, loss=float(m["loss"]),
+                device=str(dev))
 
 
 def main() -> None:
-    config = config_flags.DEFINE_config_file("config", "configs/smoke_seg.py", "config file")
+    config = config_flags.DEFINE_config_file("config", "iedp_jax/configs/smoke_seg.py", "config file")
     steps = flags.DEFINE_integer("steps", 10, "timed steps after the first (compiling) one")
     no_torch = flags.DEFINE_bool("no-torch", False, "skip the PyTorch reference")
     flags.FLAGS(sys.argv)
@@ -100,11 +107,13 @@ def main() -> None:
     state, m = t.step_fn(state, t.frozen, batches[0])
     jax.block_until_ready(m)
     first = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _cpu_seconds()
     for s in range(steps.value):
         state, m = t.step_fn(state, t.frozen, batches[s % 2])
     jax.block_until_ready(m)
     sec = (time.perf_counter() - start) / steps.value
+    cpu = (_cpu_seconds() - cpu0) / steps.value
+    load = os.getloadavg()[0]
     b = cfg.train.batch_size
     stats = jax.devices()[0].memory_stats() or {}
     del state, m
@@ -114,13 +123,15 @@ def main() -> None:
     torch_rss.__exit__()
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  config: {cfg.data.name} "
           f"crop {tuple(cfg.data.crop_size)}  batch {b}  dtype {cfg.model.dtype}  remat {cfg.model.remat}")
-    print(f"train step: {b / sec:.2f} images/s ({sec * 1e3:.1f} ms/step; first step {first:.1f} s), "
+    print(f"train step: {b / sec:.3g} images/s ({sec * 1e3:.1f} ms/step, {cpu:.3g} CPU-s/step, load {load:.1f}; "
+          f"first step {first:.1f} s), "
           f"{flops / sec / 1e12:.3f} TFLOP/s (XLA cost analysis: {flops / 1e9:.1f} GFLOP/step)")
     if ref is not None:
         mem = f", peak device memory {ref['peak'] / 2**30:.2f} GiB" if ref["peak"] else ""
-        print(f"torch train step: {b / ref['sec']:.2f} images/s ({ref['sec'] * 1e3:.1f} ms/step; first step "
-              f"{ref['first']:.1f} s; {ref['device']}, eager, SDPA){mem}")
-        print(f"jax/torch: {ref['sec'] / sec:.2f}x")
+        print(f"torch train step: {b / ref['sec']:.3g} images/s ({ref['sec'] * 1e3:.1f} ms/step, {ref['cpu']:.3g} "
+              f"CPU-s/step, load {ref['load']:.1f}; first step {ref['first']:.1f} s; {ref['device']}, eager, "
+              f"SDPA){mem}")
+        print(f"jax/torch: wall {ref['sec'] / sec:.2f}x, CPU {ref['cpu'] / cpu:.2f}x")
     elif not no_torch.value:
         print("torch train step: skipped (the PyTorch reference is single-process segmentation only)")
     peak = stats.get("peak_bytes_in_use")

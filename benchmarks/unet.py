@@ -13,6 +13,7 @@ config) with random weights. ``--no-torch`` skips the reference.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -41,11 +42,24 @@ def sd15_config() -> dict:
 
 def timeit(fn, iters: int) -> float:
     """Seconds per call, after one warm-up call (which includes compilation)."""
+    return timed(fn, iters)["wall"]
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def timed(fn, iters: int) -> dict:
+    """Per call, after one warm-up call (which includes compilation): wall seconds, CPU seconds
+    of the whole process (all threads; on a shared machine the figure that other work does not
+    inflate) and the 1-minute load average at the end."""
     fn()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     for _ in range(iters):
         fn()
-    return (time.perf_counter() - start) / iters
+    return dict(wall=(time.perf_counter() - wall) / iters, cpu=(_cpu_seconds() - cpu) / iters,
+                load=os.getloadavg()[0])
 
 
 def bench_jax(cfg: dict, batch: int, size: int, dtype, iters: int) -> dict:
@@ -68,9 +82,11 @@ def bench_jax(cfg: dict, batch: int, size: int, dtype, iters: int) -> dict:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", 0.0)) if cost else 0.0
-        sec = timeit(lambda: jax.block_until_ready(compiled(params, x, t, ctx)), iters)  # noqa: B023 - called here
+        tm = timed(lambda: jax.block_until_ready(compiled(params, x, t, ctx)), iters)  # noqa: B023 - called here
+        sec = tm["wall"]
         sizes = compiled_sizes(compiled.memory_analysis()) or {"peak": float("nan")}
-        out[name] = dict(images_per_s=batch / sec, tflops=flops / sec / 1e12, compiled_gib=sizes["peak"])
+        out[name] = dict(images_per_s=batch / sec, tflops=flops / sec / 1e12, compiled_gib=sizes["peak"],
+                         cpu_s_per_image=tm["cpu"] / batch, load=tm["load"])
     stats = jax.devices()[0].memory_stats() or {}
     out["peak_bytes"] = stats.get("peak_bytes_in_use")
     return out
@@ -99,8 +115,10 @@ def bench_torch(cfg: dict, batch: int, size: int, dtype: str, iters: int) -> dic
         model(x, t, ctx).sample.float().pow(2).mean().backward()
         sync()
 
-    out = {name: dict(images_per_s=batch / timeit(fn, iters)) for name, fn in
-           (("forward", fwd), ("forward+backward", bwd))}
+    out = {}
+    for name, fn in (("forward", fwd), ("forward+backward", bwd)):
+        tm = timed(fn, iters)
+        out[name] = dict(images_per_s=batch / tm["wall"], cpu_s_per_image=tm["cpu"] / batch, load=tm["load"])
     out["peak_bytes"] = torch.cuda.max_memory_allocated() if dev == "cuda" else None
     return out
 
@@ -125,10 +143,15 @@ def main() -> None:
         with PeakRSS() as torch_rss:
             ref = bench_torch(cfg, args.batch, args.size, args.dtype, args.iters)
     for name in ("forward", "forward+backward"):
-        line = f"{name:17s} jax {ours[name]['images_per_s']:8.2f} img/s ({ours[name]['tflops']:.3f} TFLOP/s)"
+        o = ours[name]
+        line = (f"{name:17s} jax {o['images_per_s']:.3g} img/s, {o['cpu_s_per_image']:.3g} CPU-s/img "
+                f"({o['tflops']:.3f} TFLOP/s, load {o['load']:.1f})")
         if ref:
-            line += (f"   torch {ref[name]['images_per_s']:8.2f} img/s   "
-                     f"ratio {ours[name]['images_per_s'] / ref[name]['images_per_s']:.2f}x")
+            r = ref[name]
+            line += (f"   torch {r['images_per_s']:.3g} img/s, {r['cpu_s_per_image']:.3g} CPU-s/img "
+                     f"(load {r['load']:.1f})"
+                     f"   jax/torch: wall {o['images_per_s'] / r['images_per_s']:.2f}x, "
+                     f"CPU {r['cpu_s_per_image'] / o['cpu_s_per_image']:.2f}x")
         print(line)
     peak_host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak device memory: jax {ours['peak_bytes'] or 'n/a'} bytes"

@@ -25,7 +25,7 @@ Modules:
   datasets  -- VOC 2012 / Pascal Context 60 / COCO-Object: :class:`SegDataset` over local folders.
   builders  -- their tfds builders (prepared array_record copies) and the reader over them.
   segment   -- ``python -m diffseg_jax.segment`` (one image -> label map + overlay PNGs).
-  evaluate  -- ``python -m diffseg_jax.evaluate --config configs/diffseg_voc.py --workdir DIR``.
+  evaluate  -- ``python -m diffseg_jax.evaluate --config diffseg_voc --workdir DIR``.
   captions  -- ``python -m diffseg_jax.captions`` (BLIP captions per image or per class as the
                original makes them, optional, needs torch).
 

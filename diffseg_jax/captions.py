@@ -49,6 +49,7 @@ from diffseg_jax.datasets import PROMPT_NAME_TABLES, benchmark
 from diffseg_jax.filtering import image_key, read_given_file
 from diffseg_jax.images import read_image
 from diffseg_jax.prompts import build_prompt
+from iedp_jax.infra.cli import prog_name
 from iedp_jax.infra.errors import ConfigError, DatasetError, InputError, MissingDependency, UserError, output_error
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -266,14 +267,14 @@ def _write_jsonl(out_jsonl: str | os.PathLike, records: Iterable[dict]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m diffseg_jax.captions",
+    p = argparse.ArgumentParser(prog=prog_name("diffseg_jax.captions"),
                                 description="Caption images with a local BLIP model (JSON lines): one caption per "
                                             "image, or with --dataset / --classes one per class as the original.")
-    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--images", "--image", required=True, help="folder of images")
     p.add_argument("--out", required=True, help="JSON-lines file to write")
     p.add_argument("--model", required=True, help="local BLIP captioning model folder")
     p.add_argument("--dataset", default=None, help="voc | context | coco: per-class captions with its prompts")
-    p.add_argument("--prompt-names", default="official", choices=PROMPT_NAME_TABLES,
+    p.add_argument("--prompt-names", "--prompt_names", default="official", choices=PROMPT_NAME_TABLES,
                    help="with --dataset: the original's prompt names (official) or ours (readable)")
     p.add_argument("--classes", default=None, help='per-class captions of these classes, e.g. "cat,sofa"')
     p.add_argument("--prefix", "--prompt", default=None,
@@ -283,8 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="with --dataset: caption only each image's candidates (predict_syn_txt_0.8_img_0.97.json or "
                         "candidates.jsonl)")
     p.add_argument("--list", default=None, help="a split file: caption only the ids it lists (first column)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's generation settings")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    p.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=None,
+                   help="default: the model's generation settings")
     args = p.parse_args(argv)
     try:
         if args.batch_size <= 0:

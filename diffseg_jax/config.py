@@ -170,7 +170,7 @@ class DiffSegConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# The evaluation schema (configs/diffseg_*.py).
+# The evaluation schema (diffseg_jax/configs/diffseg_*.py).
 
 # The DiffSegConfig fields a config file sets (config.diffseg.<field>); ``dataset`` is data.name.
 SCHEMA_FIELDS = ("image_size", "timestep", "noise_seed", "posterior", "token_weight", "upweight", "threshold",
@@ -186,7 +186,7 @@ def default_config(dataset: str = "voc") -> ConfigDict:
     posterior sample, the caption-noun filter whenever captions exist, the threshold grid
     0.30..0.74 (reported apart as ``threshold_sweep``). What a user adds to reproduce a published
     number (per-class BLIP captions, the original's candidate file, fp16) is in
-    ``configs/diffseg_*.py`` and ``docs/diffsegmenter.md``.
+    ``diffseg_jax/configs/diffseg_*.py`` and ``docs/diffsegmenter.md``.
     """
     published = benchmark(dataset).published_miou
     defaults = dataclasses.replace(DiffSegConfig(), **PAPER_DIFFSEG)

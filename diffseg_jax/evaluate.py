@@ -1,6 +1,6 @@
-"""DiffSegmenter on a benchmark: ``python -m diffseg_jax.evaluate --config configs/diffseg_voc.py --workdir DIR``.
+"""DiffSegmenter on a benchmark: ``python -m diffseg_jax.evaluate --config diffseg_voc --workdir DIR``.
 
-Config: an ml_collections file (``configs/diffseg_{voc,context,coco}.py``, built on
+Config: an ml_collections file (``diffseg_jax/configs/diffseg_{voc,context,coco}.py``, built on
 :func:`diffseg_jax.config.default_config`), ``--config.a.b=value`` overrides. Writes
 ``DIR/results.json``, ``DIR/candidates.jsonl`` (each image's candidate classes, to inspect the
 filtering, and any prompt that fell back to the plain template) and, with ``eval.save_images=N``,
@@ -84,6 +84,7 @@ from tqdm.auto import tqdm
 
 from diffseg_jax.builders import make_prepared_dataset
 from diffseg_jax.config import DATA_FORMATS, diffseg_config, filter_mode, jnp_dtype
+from diffseg_jax.configs import FOLDER as CONFIGS
 from diffseg_jax.datasets import IGNORE_INDEX, SegDataset, benchmark, make_dataset
 from diffseg_jax.filtering import CLIPFilter, candidate_classes, image_key, load_clip_filter, read_given_file
 from diffseg_jax.images import heat_map, overlay_with_legend, voc_palette
@@ -797,5 +798,10 @@ def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
               f"{Path(workdir) / 'results.json'}")
 
 
+def entry() -> None:
+    """The console script (the same as ``python -m diffseg_jax.evaluate``)."""
+    cli.run(main, prefix="diffseg", user_errors=(WeightsError,), configs=CONFIGS)
+
+
 if __name__ == "__main__":
-    cli.run(main, prefix="diffseg", user_errors=(WeightsError,))
+    entry()

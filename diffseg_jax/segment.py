@@ -35,6 +35,7 @@ from PIL import Image
 from diffseg_jax.config import DTYPES, TEMPLATES, DiffSegConfig
 from diffseg_jax.images import class_colours, heat_map, legend_strip, overlay_with_legend, read_image, voc_palette
 from diffseg_jax.pipeline import PretrainedDiffSegmenter, load_diffsegmenter
+from iedp_jax.infra.cli import prog_name
 from iedp_jax.infra.errors import ConfigError, UserError, check_writable, output_error
 from iedp_jax.sd.weights import WeightsError
 
@@ -77,7 +78,7 @@ def overlay_path(out: str | Path) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m diffseg_jax.segment",
+        prog=prog_name("diffseg_jax.segment"),
         description="Training-free open-vocabulary segmentation of one image with DiffSegmenter (Stable Diffusion "
                     "attention). Writes the label map (0 = background, k = k-th class) and a colour overlay with a "
                     "legend.")
@@ -91,10 +92,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="background score in [0, 1]: a pixel is background unless some class map exceeds it "
                         "(default 0.5)")
     p.add_argument("--caption", default=None, help="an image caption appended to every class prompt")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", "--image_size", type=int, default=None,
                    help="side the image is resized to for the UNet (default: the pipeline's native size, UNet "
                         "sample_size x the VAE factor: 512 for SD 1.5)")
-    p.add_argument("--classes-per-call", type=int, default=None,
+    p.add_argument("--classes-per-call", "--classes_per_call", type=int, default=None,
                    help="UNet rows (classes) per call (default: all classes in one call); lower it when memory is "
                         "short")
     p.add_argument("--template", default="voc", choices=tuple(dict(TEMPLATES)),
@@ -102,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the one noise draw (0)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in the overlay (0.5)")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="compute dtype (float32)")
-    p.add_argument("--heat-maps", action="store_true", help="also write each class's map as <out>_heat_<k>.png")
+    p.add_argument("--heat-maps", "--heat_maps", action="store_true",
+                   help="also write each class's map as <out>_heat_<k>.png")
     return p
 
 

@@ -1,6 +1,6 @@
 """Compute VPD's class embeddings ahead of training (otherwise the first run computes them).
 
-  python -m iedp_jax.class_embeddings --config configs/vpd_ade.py --workdir /ckpt/vpd_ade \
+  python -m iedp_jax.class_embeddings --config vpd_ade --workdir /ckpt/vpd_ade \
       --config.model.pretrained=/models/stable-diffusion-v1-5
 
 Per class (the 150 ADE20K classes, or VPD's 27 NYUv2 scene classes for depth), the mean over
@@ -15,6 +15,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from iedp_jax.build import cached_class_embeddings, embedding_class_names, embeddings_path, resolve_backbone
+from iedp_jax.configs import FOLDER as CONFIGS
 from iedp_jax.infra.cli import run
 from iedp_jax.infra.logs import log_line
 from iedp_jax.infra.paths import as_path
@@ -35,5 +36,10 @@ def main(config: ConfigDict, workdir: str, flag_values: dict) -> None:
              f"{embeddings_path(workdir, sd, names, IMAGENET_TEMPLATES)}")
 
 
+def entry() -> None:
+    """The console script (the same as ``python -m iedp_jax.class_embeddings``)."""
+    run(main, user_errors=(WeightsError,), configs=CONFIGS)
+
+
 if __name__ == "__main__":
-    run(main, user_errors=(WeightsError,))
+    entry()

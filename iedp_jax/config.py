@@ -1,6 +1,6 @@
 """The complete config schema with defaults, and its mapping to the model's static config.
 
-``configs/*.py`` start from :func:`base_config` and override. Every key a run can read exists
+``iedp_jax/configs/*.py`` start from :func:`base_config` and override. Every key a run can read exists
 here, so ``--config.x=y`` with an unknown ``x`` is an error. Model fields that
 :class:`~iedp_jax.model.IEDPConfig` also has take its defaults (stated once, there);
 :func:`to_model_config` is the one place a ConfigDict becomes an ``IEDPConfig``.
@@ -130,7 +130,7 @@ LADDER = {"vpd": dict(context="vpd", explicit_weight=0.0),        # VPD: fixed c
 
 
 def sibling_config(config_file: str | os.PathLike, name: str) -> ConfigDict:
-    """``get_config()`` of ``configs/<name>.py`` next to ``config_file`` (configs build on each other)."""
+    """``get_config()`` of ``iedp_jax/configs/<name>.py`` next to ``config_file`` (configs build on each other)."""
     path = Path(config_file).with_name(f"{name}.py")
     spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
     module = importlib.util.module_from_spec(spec)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import ConfigDict
 
+from iedp_jax.configs import FOLDER as CONFIGS
 from iedp_jax.eval.runner import evaluate_checkpoint
 from iedp_jax.infra.cli import run
 from iedp_jax.infra.errors import check_writable
@@ -35,5 +36,10 @@ def _define_flags() -> None:
                         "WORKDIR/checkpoints; best: WORKDIR/best).")
 
 
+def entry() -> None:
+    """The console script (the same as ``python -m iedp_jax.evaluate``)."""
+    run(main, _define_flags, user_errors=(WeightsError,), config_from_workdir=read_config, configs=CONFIGS)
+
+
 if __name__ == "__main__":
-    run(main, _define_flags, user_errors=(WeightsError,), config_from_workdir=read_config)
+    entry()

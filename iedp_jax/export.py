@@ -36,6 +36,7 @@ from ml_collections import ConfigDict
 from safetensors.numpy import save_file
 
 from iedp_jax.build import resolve_backbone
+from iedp_jax.configs import FOLDER as CONFIGS
 from iedp_jax.infra.cli import run
 from iedp_jax.infra.distributed import barrier
 from iedp_jax.infra.errors import InputError, output_error
@@ -198,5 +199,10 @@ def _define_flags() -> None:
     flags.mark_flag_as_required("out")
 
 
+def entry() -> None:
+    """The console script (the same as ``python -m iedp_jax.export``)."""
+    run(main, _define_flags, user_errors=(WeightsError,), config_from_workdir=read_config, configs=CONFIGS)
+
+
 if __name__ == "__main__":
-    run(main, _define_flags, user_errors=(WeightsError,), config_from_workdir=read_config)
+    entry()

@@ -56,7 +56,7 @@ PLACEMENTS = (SCATTERED, CONCATENATED)
 
 @dataclasses.dataclass(frozen=True)
 class IEDPConfig:
-    """Static choices of the model (hashable; see ``configs/*.py`` for their meaning)."""
+    """Static choices of the model (hashable; see ``iedp_jax/configs/*.py`` for their meaning)."""
 
     task: str = SEG
     num_classes: int = 150           # segmentation classes (ignored for depth)

@@ -33,6 +33,7 @@ from absl import flags
 from ml_collections import ConfigDict
 from PIL import Image
 
+from iedp_jax.configs import FOLDER as CONFIGS
 from iedp_jax.infra import visualize
 from iedp_jax.infra.cli import run
 from iedp_jax.infra.errors import InputError, check_writable, output_error
@@ -244,5 +245,10 @@ def _define_flags() -> None:
     flags.mark_flag_as_required("out")
 
 
+def entry() -> None:
+    """The console script (the same as ``python -m iedp_jax.predict``)."""
+    run(main, _define_flags, user_errors=(WeightsError,), config_from_workdir=read_config, configs=CONFIGS)
+
+
 if __name__ == "__main__":
-    run(main, _define_flags, user_errors=(WeightsError,), config_from_workdir=read_config)
+    entry()

@@ -1,4 +1,4 @@
-"""Train IEDP: ``python -m iedp_jax.train --config configs/smoke_seg.py --workdir /tmp/iedp``.
+"""Train IEDP: ``python -m iedp_jax.train --config smoke_seg --workdir /tmp/iedp``.
 
 Runs :func:`iedp_jax.trainer.train`: one jitted, sharded train step, orbax checkpoints that
 resume automatically from ``--workdir`` (held by a lock, :mod:`iedp_jax.infra.lock`, so a second run
@@ -15,6 +15,7 @@ import math
 from absl import flags
 from ml_collections import ConfigDict
 
+from iedp_jax.configs import FOLDER as CONFIGS
 from iedp_jax.data.catalog import task_of
 from iedp_jax.eval.plan import protocol_from_config
 from iedp_jax.infra.cli import require_sizes, run
@@ -55,5 +56,10 @@ def _define_flags() -> None:
                          "evaluating (e.g. to fit a job slot); rerun without it to resume.")
 
 
+def entry() -> None:
+    """The console script (the same as ``python -m iedp_jax.train``)."""
+    run(main, _define_flags, user_errors=(WeightsError,), configs=CONFIGS)
+
+
 if __name__ == "__main__":
-    run(main, _define_flags, user_errors=(WeightsError,))
+    entry()

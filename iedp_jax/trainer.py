@@ -453,7 +453,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike, stop_after: int | None
     ``train.eval_every`` steps, and scores the final parameters with the centre-crop proxy.
 
     Args:
-      config: a config from ``configs/*.py`` (with overrides applied).
+      config: a config from ``iedp_jax/configs/*.py`` (with overrides applied).
       workdir: checkpoints, TensorBoard events, ``metrics.jsonl`` and ``results.json`` go here.
       stop_after: stop (without evaluating) once this global step is reached, as if killed after
         its checkpoint; used by tests of resumption.

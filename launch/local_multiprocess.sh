@@ -7,7 +7,7 @@
 #
 # Example (2 processes x 4 fake CPU devices = 8 devices):
 #   launch/local_multiprocess.sh -n 2 -d 4 -- python -m iedp_jax.train \
-#       --config configs/smoke_seg.py --workdir /tmp/mp_run
+#       --config smoke_seg --workdir /tmp/mp_run
 #
 # Output lines are prefixed with "[p i] ". If any process exits non-zero, the others are
 # stopped and the script exits with that status.

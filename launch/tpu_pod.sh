@@ -22,7 +22,7 @@
 #           RUNTIME_VERSION  TPU software version (default from ACCELERATOR_TYPE: v4 and older
 #                            tpu-ubuntu2204-base, v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5,
 #                            v6e v2-alpha-tpuv6e)
-#           CONFIG           config file inside the repository, default configs/ade.py
+#           CONFIG           a shipped config name or a config file, default ade
 #           EXTRA_ARGS       more --config.* flags, split on whitespace (no quotes inside)
 #           REPO_URL         git URL to clone on the workers (REPO_REF: branch/tag/commit);
 #                            without it the local working tree (git-tracked and untracked,
@@ -92,7 +92,7 @@ if [[ -z ${RUNTIME_VERSION:-} ]]; then
     *) die "RUNTIME_VERSION is not set and there is no default for ACCELERATOR_TYPE=$ACCELERATOR_TYPE." ;;
   esac
 fi
-CONFIG=${CONFIG:-configs/ade.py}
+CONFIG=${CONFIG:-ade}
 REMOTE_DIR=${REMOTE_DIR:-iedp-jax}
 PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 dry_run=${DRY_RUN:-0}

@@ -57,8 +57,17 @@ def quick_compile() -> Iterator[None]:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+CONFIG_FOLDERS = (ROOT / "iedp_jax" / "configs", ROOT / "diffseg_jax" / "configs")
+
+
+def config_file(name: str) -> Path:
+    """The shipped config ``name`` (``ade``, ``diffseg_voc``) in its package's ``configs/``."""
+    return next(f / f"{name}.py" for f in CONFIG_FOLDERS if (f / f"{name}.py").is_file())
+
+
 def load_config(name: str, **overrides):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    """The shipped config ``name`` with ``{'a.b': value}`` overrides."""
+    spec = importlib.util.spec_from_file_location(name, config_file(name))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = mod.get_config()

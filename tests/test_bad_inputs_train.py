@@ -273,7 +273,7 @@ def test_train_bad_input(case, tmp_path, tiny_run):
 
 def test_train_cli_refuses_a_nan_learning_rate(tmp_path):
     """The one command-line case: the sentence is the last line, no traceback, nothing written."""
-    status, last = cli("iedp_jax.train", "--config", "configs/smoke_seg.py", "--workdir", str(tmp_path / "run"),
+    status, last = cli("iedp_jax.train", "--config", "smoke_seg", "--workdir", str(tmp_path / "run"),
                        "--config.optim.lr=nan")
     assert status == 1 and "--config.optim.lr=nan must be a positive finite number" in last, last
     assert not (tmp_path / "run").exists()

@@ -47,14 +47,14 @@ def test_run_all_dry_run_lists_the_four_benchmarks():
     for name in run_all.BENCHMARKS:
         assert f"# {name}" in cpu
     for script in ("-m benchmarks.unet --config tiny --batch 4 --size 256",
-                   "-m benchmarks.train_step --config configs/smoke_seg.py", "-m benchmarks.input_pipeline",
+                   "-m benchmarks.train_step --config iedp_jax/configs/smoke_seg.py", "-m benchmarks.input_pipeline",
                    "-m benchmarks.diffseg --classes 20 --batch 2 --image-size 64"):
         assert script in cpu, script
     gpu = _dry_run("--preset", "gpu", "--sd15", "/m/sd15", "--clip-vision", "/m/clip")
     assert "-m benchmarks.unet --config sd15 --batch 8 --size 512 --dtype bfloat16" in gpu
     assert "--config.model.pretrained=/m/sd15" in gpu and "--config.model.clip_vision=/m/clip" in gpu
     assert "-m benchmarks.diffseg --pretrained /m/sd15 --classes 20" in gpu and "skipped" not in gpu
-    assert "-m benchmarks.train_step --config configs/ade.py" in gpu
+    assert "-m benchmarks.train_step --config iedp_jax/configs/ade.py" in gpu
     assert "--no-torch" not in gpu.split("# input_pipeline")[0]
     only = _dry_run("--preset", "gpu", "--only", "unet,diffseg")
     assert "# unet" in only and "# diffseg  (skipped: needs --sd15)" in only and "# train_step" not in only
@@ -84,8 +84,10 @@ def test_table_columns_and_cells():
 
 
 def test_parsers_read_the_scripts_text():
-    unet = ("forward           jax    10.91 img/s (0.044 TFLOP/s)   torch    26.50 img/s   ratio 0.41x\n"
-            "forward+backward  jax     2.76 img/s (0.033 TFLOP/s)   torch     8.08 img/s   ratio 0.34x\n"
+    unet = ("forward           jax 10.91 img/s, 0.183 CPU-s/img (0.044 TFLOP/s, load 1.0)   torch 26.5 img/s, "
+            "0.0755 CPU-s/img (load 1.0)   jax/torch: wall 0.41x, CPU 0.41x\n"
+            "forward+backward  jax 2.76 img/s, 0.725 CPU-s/img (0.033 TFLOP/s, load 1.0)   torch 8.08 img/s, "
+            "0.248 CPU-s/img (load 1.0)   jax/torch: wall 0.34x, CPU 0.34x\n"
             "peak device memory: jax 2147483648 bytes, torch n/a bytes; peak host RSS (whole process) 2.14 GiB\n")
     rows = run_all.parse_unet(unet)
     assert [(r["jax"], r["torch"], r["tflops"]) for r in rows] == [(10.91, 26.5, 0.044), (2.76, 8.08, 0.033)]
@@ -132,7 +134,8 @@ def test_readme_section_is_inserted_then_replaced():
 
 
 def test_run_all_main_writes_the_table(tmp_path, monkeypatch):
-    fake = ("print('forward           jax    10.00 img/s (0.050 TFLOP/s)   torch     5.00 img/s   ratio 2.00x'); "
+    fake = ("print('forward           jax 10.0 img/s, 0.2 CPU-s/img (0.050 TFLOP/s, load 1.0)   torch 5.0 img/s, "
+            "0.4 CPU-s/img (load 1.0)   jax/torch: wall 2.00x, CPU 2.00x'); "
             "print('peak device memory: jax n/a bytes, torch n/a bytes; peak host RSS (whole process) 1.00 GiB')")
     specs = [run_all.Spec("unet", [[sys.executable, "-c", fake]], "fake UNet", run_all.parse_unet),
              run_all.Spec("diffseg", [[sys.executable, "-c", "raise SystemExit(3)"]], "fails",

@@ -1,6 +1,6 @@
 """The shipped IEDP configs through the README's commands, as a user runs them.
 
-``configs/ade.py`` and ``configs/nyu.py`` as shipped, plus only what a user must give (the paths
+``iedp_jax/configs/ade.py`` and ``iedp_jax/configs/nyu.py`` as shipped, plus only what a user must give (the paths
 of a Stable Diffusion folder, a CLIP folder and the dataset in its release layout) and sizes
 that make the run small, through the default ``data.format=tfds``: ``python -m iedp_jax.train``,
 then ``python -m iedp_jax.evaluate --workdir W`` alone (the run's saved config), in subprocesses,
@@ -30,8 +30,8 @@ SMALL = {"data.crop_size": "(64,64)", "train.total_steps": 2, "train.batch_size"
 
 
 def _run(module: str, config: str | None, workdir: Path, overrides: dict) -> None:
-    """``python -m module [--config configs/<config>.py] --workdir W --config.k=v ...``."""
-    cmd = [sys.executable, "-m", module, *(["--config", f"configs/{config}.py"] if config else []),
+    """``python -m module [--config <name>] --workdir W --config.k=v ...``."""
+    cmd = [sys.executable, "-m", module, *(["--config", config] if config else []),
            "--workdir", str(workdir), *(f"--config.{k}={v}" for k, v in overrides.items())]
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1")
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

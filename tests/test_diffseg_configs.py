@@ -1,5 +1,5 @@
 """The shipped DiffSegmenter configs on the default user path: ``python -m diffseg_jax.evaluate
---config configs/diffseg_<name>.py`` as shipped plus only what a user must give (the Stable
+--config diffseg_jax/configs/diffseg_<name>.py`` as shipped plus only what a user must give (the Stable
 Diffusion and CLIP folders, the dataset folder in its release layout) and a small image size,
 through the default data format (tfds: the folder is prepared into array_record first) and the
 default CLIP category filter. The schema itself and its one-sentence errors are checked first.
@@ -66,7 +66,7 @@ def test_shipped_configs_are_the_schema_defaults():
         assert c.published_miou == b.published_miou
         assert c.prompt_names == "official" and c.diffseg.upweight == "last_word" and c.diffseg.image_size == 0
         assert tuple(c.eval.sweep_thresholds) == PAPER_SWEEP
-        doc = (ROOT / f"configs/diffseg_{name}.py").read_text()
+        doc = (ROOT / f"diffseg_jax/configs/diffseg_{name}.py").read_text()
         assert f"{b.published_miou}" in doc and "python -m diffseg_jax.evaluate" in doc
     assert PAPER_SWEEP[0] == 0.3 and PAPER_SWEEP[-1] == 0.74 and len(PAPER_SWEEP) == 45
     c = default_config("coco")
@@ -120,7 +120,7 @@ def test_shipped_config_from_the_command_line(name, models, tmp_path):
     tfds_dir = tmp_path / "tfds"  # tfds's default location, as the user's environment sets it
     env = dict(os.environ, JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(tfds_dir))
     res = subprocess.run(
-        [sys.executable, "-m", "diffseg_jax.evaluate", "--config", str(ROOT / f"configs/diffseg_{name}.py"),
+        [sys.executable, "-m", "diffseg_jax.evaluate", "--config", str(ROOT / f"diffseg_jax/configs/diffseg_{name}.py"),
          "--workdir", str(tmp_path / "w"), f"--config.pretrained={backbone}", f"--config.data.data_dir={data}",
          f"--config.filtering.clip_path={clip}", "--config.eval.sweep_thresholds=(0.4,0.5)"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -261,7 +261,7 @@ def test_command_line(backbone, fake, tmp_path, voc_results):
     with one image of the batch: the same metrics as the 1-device run. A wrong folder is one line
     on stderr."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    base = [sys.executable, "-m", "diffseg_jax.evaluate", "--config", str(ROOT / "configs/diffseg_voc.py"),
+    base = [sys.executable, "-m", "diffseg_jax.evaluate", "--config", str(ROOT / "diffseg_jax/configs/diffseg_voc.py"),
             f"--config.pretrained={backbone}", "--config.diffseg.image_size=64", "--config.filtering.mode=all",
             "--config.eval.batch_size=2", "--config.eval.rows_per_call=16", "--config.eval.bucket_rows=False",
             "--config.data.format=folders"]

@@ -177,7 +177,7 @@ def test_missing_checkpoint_is_one_clear_sentence(smoke_workdir, tmp_path):
     assert resolve_checkpoint(smoke_workdir) == (smoke_workdir / "checkpoints", 7)
     assert resolve_checkpoint(smoke_workdir, smoke_workdir / "checkpoints") == (smoke_workdir / "checkpoints", 7)
     # the command line: one line on stderr, exit status 1, nothing built
-    res = subprocess.run([sys.executable, "-m", "iedp_jax.evaluate", "--config", str(ROOT / "configs/smoke_seg.py"),
+    res = subprocess.run([sys.executable, "-m", "iedp_jax.evaluate", "--config", "smoke_seg",
                           "--workdir", str(tmp_path), "--checkpoint", str(tmp_path / "nope")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))

@@ -140,7 +140,7 @@ def test_tpu_pod_dry_run_prints_the_gcloud_commands():
     assert "gs://" not in mount[0] and "--only-dir" not in mount[0]
     assert train[0].startswith("mountpoint -q /mnt/iedp ||")
     argv = shlex.split(train[0].split(" && ", 1)[1])  # as the workers' shell splits it
-    assert argv[1:] == ["-m", "iedp_jax.train", "--config", "configs/ade.py", "--workdir", "/mnt/iedp/ade-run",
+    assert argv[1:] == ["-m", "iedp_jax.train", "--config", "ade", "--workdir", "/mnt/iedp/ade-run",
                         "--config.mesh.shape=(8,2)", "--config.seed=3"]
     assert "gs://" not in r.stdout
     assert "ade-run" in r.stderr and "/mnt/iedp/ade-run" in r.stderr
@@ -245,7 +245,7 @@ def test_gpu_slurm_runs_one_process_per_task(tmp_path):
     r = run(["bash", str(LAUNCH / "gpu_slurm.sbatch"), "--config.seed=1"], env)
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stdout.splitlines() if line.startswith("ARGS ")]
-    args = ("ARGS -m iedp_jax.train --config configs/ade.py --workdir /shared/run "
+    args = ("ARGS -m iedp_jax.train --config ade --workdir /shared/run "
             "--config.mesh.shape=(2,1) --config.train.batch_size=32 --config.seed=1")
     assert lines == [f"{args} ENV node-a:20123 2 0", f"{args} ENV node-a:20123 2 1"]
 

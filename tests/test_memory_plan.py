@@ -1,4 +1,4 @@
-"""Memory at the size users run, compile-only: configs/ade.py at crop 512 on a mid-size backbone
+"""Memory at the size users run, compile-only: iedp_jax/configs/ade.py at crop 512 on a mid-size backbone
 (SD 1.5's and CLIP ViT-L/14's topology at 1/8 of the width, so the attention maps have their
 full-size shapes), compiled exactly as the trainer compiles it; and the trainer's memory guard.
 
@@ -109,7 +109,7 @@ def test_cli_refusal_is_one_line(tmp_path):
     """Through the CLI (the path users take): exit status 1, one line, no traceback."""
     code = ("import runpy, sys; from iedp_jax.infra import memory; memory.host_available_bytes = lambda: 2**24; "
             "sys.argv = sys.argv[1:]; runpy.run_module('iedp_jax.train', run_name='__main__', alter_sys=True)")
-    args = [sys.executable, "-c", code, "iedp_jax.train", "--config", str(ROOT / "configs" / "smoke_seg.py"),
+    args = [sys.executable, "-c", code, "iedp_jax.train", "--config", "smoke_seg",
             "--workdir", str(tmp_path / "run"), "--config.train.total_steps=2"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 1, r.stderr[-3000:]

@@ -54,7 +54,7 @@ def _run(cmd: list[str], env: dict[str, str]) -> str:
 
 
 def _train(workdir: Path, processes: int, *extra: str) -> str:
-    cmd = [sys.executable, "-m", "iedp_jax.train", "--config", "configs/smoke_seg.py", "--workdir", str(workdir),
+    cmd = [sys.executable, "-m", "iedp_jax.train", "--config", "smoke_seg", "--workdir", str(workdir),
            *_flags(), *extra]
     return _run(["bash", str(LAUNCH), "-n", str(processes), "-d", "2", "--", *cmd], _env(2))
 
@@ -95,7 +95,7 @@ def test_two_processes_train_and_match_one(runs):
 
 def test_evaluation_over_two_processes_equals_one(runs):
     single = runs[0]
-    cmd = [sys.executable, "-m", "iedp_jax.evaluate", "--config", "configs/smoke_seg.py", "--workdir",
+    cmd = [sys.executable, "-m", "iedp_jax.evaluate", "--config", "smoke_seg", "--workdir",
            str(single), *_flags(**{"eval.num_visualizations": 2})]
     _run(["bash", str(LAUNCH), "-n", "2", "-d", "2", "--", *cmd], _env(2))
     two = json.loads((single / "eval" / "results.json").read_text())

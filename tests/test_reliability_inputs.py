@@ -132,7 +132,7 @@ def test_train_rejects_bad_sizes_and_unknown_layouts(fields, expected, tmp_path)
 
 def test_an_unknown_config_key_is_one_line():
     res = subprocess.run([sys.executable, "-m", "iedp_jax.evaluate", "--workdir", "/nonexistent",
-                          "--config", "configs/smoke_seg.py", "--config.train.bacth_size=8"],
+                          "--config", "smoke_seg", "--config.train.bacth_size=8"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
                                                                                       "PYTHONPATH": str(ROOT)})
     assert res.returncode != 0

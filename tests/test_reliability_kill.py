@@ -41,7 +41,7 @@ def _env() -> dict[str, str]:
 
 
 def _cmd(workdir: Path, stop_after: int) -> list[str]:
-    return [sys.executable, "-m", "iedp_jax.train", "--config", "configs/smoke_seg.py", "--workdir", str(workdir),
+    return [sys.executable, "-m", "iedp_jax.train", "--config", "smoke_seg", "--workdir", str(workdir),
             f"--stop_after={stop_after}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
 
 

@@ -126,7 +126,7 @@ def test_a_second_independent_run_on_one_workdir_stops(tmp_path):
     workdir = tmp_path / "run"
     first = lock.acquire(workdir)  # the first run (this process) holds the workdir
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IEDP_", "JAX_COORDINATOR", "JAX_NUM", "JAX_PROC"))}
-    res = subprocess.run([sys.executable, "-m", "iedp_jax.train", "--config", "configs/smoke_seg.py", "--workdir",
+    res = subprocess.run([sys.executable, "-m", "iedp_jax.train", "--config", "smoke_seg", "--workdir",
                           str(workdir)], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"},
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, res.stderr[-2000:]

@@ -23,7 +23,7 @@ from tests.helpers import ROOT, load_config, quick_compile, small, train_batch
 
 @pytest.mark.xdist_group("seg_learns")
 def test_smoke_seg_learns(tmp_path):
-    """The README's first command, whole: configs/smoke_seg.py as shipped trains both branches
+    """The README's first command, whole: iedp_jax/configs/smoke_seg.py as shipped trains both branches
     from the tiny backbone written in the real folder layout and reaches mIoU >= 0.9 on the
     synthetic validation split (centre-crop proxy; measured numbers in benchmarks/RESULTS.md)."""
     cfg = load_config("smoke_seg")
@@ -119,7 +119,7 @@ def test_fsdp_step_on_8_devices_matches_one_device(tmp_path):
 
 @pytest.mark.xdist_group("depth_learns")
 def test_smoke_depth_learns(tmp_path):
-    """Half of configs/smoke_depth.py's schedule (150 steps) reaches RMSE 0.47 m, delta1 0.92
+    """Half of iedp_jax/configs/smoke_depth.py's schedule (150 steps) reaches RMSE 0.47 m, delta1 0.92
     (measured)."""
     cfg = load_config("smoke_depth", **{"train.total_steps": 150, "train.ckpt_every": 150})
     results = train(cfg, tmp_path)
@@ -135,7 +135,7 @@ def test_smoke_depth_learns(tmp_path):
 ])
 def test_cli_user_errors_are_one_line(tmp_path, flag, sentence):
     """A wrong --workdir or config value ends the command with its sentence, not a traceback."""
-    args = [sys.executable, "-m", "iedp_jax.train", "--config", str(ROOT / "configs/smoke_seg.py"),
+    args = [sys.executable, "-m", "iedp_jax.train", "--config", "smoke_seg",
             f"--workdir={tmp_path}", flag]
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, JAX_PLATFORMS="cpu"))

@@ -2,7 +2,7 @@
 
 - ``python -m iedp_jax.class_embeddings`` gives transformers' ``CLIPTextModel`` pooled outputs
   averaged over the 80 templates (on the tiny test encoder), and training reuses its cache.
-- configs/vpd_ade.py at 512 px gives VPD's Semantic FPN on in-channels [320, 790, 1430, 1280]
+- iedp_jax/configs/vpd_ade.py at 512 px gives VPD's Semantic FPN on in-channels [320, 790, 1430, 1280]
   with VPD's parameter counts (shapes only: the SD 1.5 UNet is never materialised).
 - the ablation ladder configs differ from one rung to the next by one change.
 """

@@ -1,11 +1,11 @@
 """The ablation ladder's VPD rung trains on the fake NYUv2 release layout.
 
-configs/vpd_nyu.py: two train steps with the shipped config and only sizes made small, through
+iedp_jax/configs/vpd_nyu.py: two train steps with the shipped config and only sizes made small, through
 the trainer (the scene -> VPD class lookup, the one-token context, VPD's padding, neck crop,
 nearest resize, head initialisation and schedule). Each rung's train step compiles for about a
 minute on a shared CPU, so only this rung trains here, within the test budget: the top rungs
-(configs/ade.py, configs/nyu.py, with every VPD recipe choice) train in test_configs.py; the
-middle rungs (configs/*_implicit.py) are the top rungs with ``explicit_weight=0``, i.e. their
+(iedp_jax/configs/ade.py, iedp_jax/configs/nyu.py, with every VPD recipe choice) train in test_configs.py; the
+middle rungs (iedp_jax/configs/*_implicit.py) are the top rungs with ``explicit_weight=0``, i.e. their
 step is the top rung's without the explicit loss term; the ADE20K VPD context (adapter over all
 150 embeddings) is checked by value in test_vpd_baseline.py. Each rung differs from the next by
 one key (test_vpd_baseline.py). The class-embedding cache is seeded so that the time goes to the
@@ -13,8 +13,8 @@ train step (the embedding itself: test_vpd_baseline.py).
 
 VPD's test prompts each test image with its own scene: the VPD rung is scored again on the same
 test frames listed under swapped scene folders, and the metrics must change. The two placements
-of the explicit tie (``explicit.placement``: configs/ade.py and configs/nyu.py scatter;
-configs/*_explicit_concat.py concatenate) train on the fakes too (ADE20K; NYUv2 is one key away).
+of the explicit tie (``explicit.placement``: iedp_jax/configs/ade.py and iedp_jax/configs/nyu.py scatter;
+iedp_jax/configs/*_explicit_concat.py concatenate) train on the fakes too (ADE20K; NYUv2 is one key away).
 """
 
 from __future__ import annotations

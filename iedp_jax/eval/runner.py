@@ -329,7 +329,7 @@ def evaluate_checkpoint(config: ConfigDict, workdir: str | os.PathLike,
     prediction PNGs under ``workdir/eval/images``.
 
     Args:
-      config: the training config (``configs/*.py`` with overrides); ``config.eval`` picks the
+      config: the training config (``iedp_jax/configs/*.py`` with overrides); ``config.eval`` picks the
         protocol (``mode`` single|multiscale, ``num_images``, ``num_visualizations``, ...).
       workdir: the training workdir (checkpoints in ``workdir/checkpoints``).
       checkpoint: a step folder (``workdir/checkpoints/2000``) or a folder of them; default

@@ -75,17 +75,19 @@ def safe_image(gr: Any, **kwargs: Any) -> Any:
     PIL cannot open is handed to the handler as its path, so :func:`decode_upload` turns it into
     a message on the page instead of gradio's generic error."""
 
-    class Upload(gr.Image):
-        is_template = True  # the browser side is gr.Image's
-
-        def preprocess(self, payload: Any) -> Any:
-            try:
-                return super().preprocess(payload)
-            except Exception:  # an undecodable or oversized upload: decode_upload says why
-                return None if payload is None else getattr(payload, "path", None)
-
     kwargs.setdefault("sources", ["upload", "webcam", "clipboard"])
-    return Upload(type="filepath", image_mode=None, **kwargs)
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    preprocess = component.preprocess
+
+    def tolerant(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except Exception:  # an undecodable or oversized upload: decode_upload says why
+            return None if payload is None else getattr(payload, "path", None)
+
+    # On the instance: a gr.Image subclass would make gradio write a .pyi stub next to this file.
+    component.preprocess = tolerant
+    return component
 
 
 # ------------------------------------------------------------------------------ launch
@@ -96,7 +98,8 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=LOCAL_HOST,
                         help=f"address to listen on ({LOCAL_HOST}: this machine only; 0.0.0.0 exposes the demo to "
                              "the network)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT}; 0 = the first free one from {DEFAULT_PORT})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port ({DEFAULT_PORT}; 0 = the first free one from {DEFAULT_PORT})")
     parser.add_argument("--share", action="store_true",
                         help="also serve through a public gradio.live link (anyone with the link can use it)")
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY,

@@ -1,6 +1,6 @@
 """IEDP on ADE20K semantic segmentation (150 classes), the paper's schedule (DESIGN.md 3.1).
 
-  python -m iedp_jax.train --config configs/ade.py --workdir /ckpt/iedp_ade \
+  python -m iedp_jax.train --config ade --workdir /ckpt/iedp_ade \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/ade20k      # holds ADEChallengeData2016/
@@ -11,15 +11,15 @@ Published (IEDP, TMM 2025): 55.9 mIoU single-scale on ADE20K val (VPD: 53.7), wi
 sliding-window protocol of ``python -m iedp_jax.evaluate``. Batch 16 over all devices; on GPUs
 add ``--config.model.dtype=bfloat16`` (and ``--config.model.remat=True`` if memory is short).
 
-Top rung of the ablation ladder (docs/vpd-baseline.md): configs/vpd_ade.py (VPD) ->
-configs/ade_implicit.py (+ implicit branch) -> this file (+ explicit branch). The recipe details
+Top rung of the ablation ladder (docs/vpd-baseline.md): iedp_jax/configs/vpd_ade.py (VPD) ->
+iedp_jax/configs/ade_implicit.py (+ implicit branch) -> this file (+ explicit branch). The recipe details
 IEDP inherits from VPD, whose code it builds on, take VPD's values here (each one a choice; ours
 in brackets): unscaled VAE mean [x 0.18215], training pad colour mid-grey 128 [black 0], mmcv's
 parameter groups [UNet x0.1, no decay on 1-D], cross-entropy over all pixels [valid pixels],
 mmseg/VPD head initialisation [flax defaults], multi-scale ratios 1.0-1.5 in steps of 0.125, the
 final checkpoint scored [the same]. The explicit branch's prompt alone is its context, its
 class-token maps scattered into the class channels (``explicit.placement="scattered"``); the
-rung that needs no query c <-> class c tie is configs/ade_explicit_concat.py.
+rung that needs no query c <-> class c tie is iedp_jax/configs/ade_explicit_concat.py.
 """
 
 from iedp_jax.config import base_config

@@ -9,7 +9,7 @@ background; SD 1.5, the original's candidate classes, per-class BLIP captions co
       --model /models/blip-image-captioning-large \
       --candidates /src/DiffSegmenter/dataset/voc10/predict_syn_txt_0.8_img_0.97.json \
       --out /data/context_class_captions.jsonl
-  python -m diffseg_jax.evaluate --config configs/diffseg_context.py --workdir /tmp/diffseg_context \
+  python -m diffseg_jax.evaluate --config diffseg_context --workdir /tmp/diffseg_context \
       --config.pretrained=/models/stable-diffusion-v1-5 --config.data.data_dir=/data \
       --config.filtering.mode=given \
       --config.filtering.given_file=/src/DiffSegmenter/dataset/voc10/predict_syn_txt_0.8_img_0.97.json \
@@ -17,7 +17,7 @@ background; SD 1.5, the original's candidate classes, per-class BLIP captions co
 
 The published number is ``threshold_sweep.best_mIoU`` of results.json; ``mIoU`` is the fixed
 threshold 0.5, and ``--config.eval.threshold_from`` takes the threshold from a held-out run (see
-configs/diffseg_voc.py). ``data_dir`` holds VOCdevkit/VOC2010/ (mmseg's converted layout).
+diffseg_jax/configs/diffseg_voc.py). ``data_dir`` holds VOCdevkit/VOC2010/ (mmseg's converted layout).
 Peers: MaskCLIP 23.6, ProxyCLIP 38.3, CaR 31.5. Differences from the official code:
 docs/diffsegmenter.md.
 """

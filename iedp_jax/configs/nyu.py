@@ -1,6 +1,6 @@
 """IEDP on NYUv2 monocular depth (BTS sync split), the paper's schedule (DESIGN.md 3.1).
 
-  python -m iedp_jax.train --config configs/nyu.py --workdir /ckpt/iedp_nyu \
+  python -m iedp_jax.train --config nyu --workdir /ckpt/iedp_nyu \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/nyu      # BTS layout: sync/, official_splits/test/, split files
@@ -11,8 +11,8 @@ the gain is on RMSE), evaluated on the 654 official test images with the Eigen c
 in (1e-3, 10) m (pixels outside are masked, not clipped), two 480-wide windows and flip (``python
 -m iedp_jax.evaluate``). 25 epochs of 24,231 images at batch 24.
 
-Top rung of the ablation ladder (docs/vpd-baseline.md): configs/vpd_nyu.py (VPD) ->
-configs/nyu_implicit.py (+ implicit branch) -> this file (+ explicit branch). The recipe details
+Top rung of the ablation ladder (docs/vpd-baseline.md): iedp_jax/configs/vpd_nyu.py (VPD) ->
+iedp_jax/configs/nyu_implicit.py (+ implicit branch) -> this file (+ explicit branch). The recipe details
 IEDP inherits from VPD take VPD's values (ours in brackets): unscaled VAE mean [x 0.18215], no
 cross-attention maps in the features (VPD depth: ``use_attn=False``) [maps of the 8 queries],
 VPD's one-cycle formula peaking at 12 of 25 epochs [mirrored poly, peak at 50%], the 480 crop
@@ -21,7 +21,7 @@ nearest [bilinear], VPD's head initialisation [flax defaults], SILog per group o
 averaged as VPD's per-GPU loss [the whole batch pooled], VPD's CutDepth (every 4th sample, raw
 millimetres cast to uint8) [Bernoulli 0.25, depth as grey], the final checkpoint scored [the
 same]. The explicit branch's placement is ``explicit.placement="scattered"``; the alternative rung
-is configs/nyu_explicit_concat.py.
+is iedp_jax/configs/nyu_explicit_concat.py.
 """
 
 from iedp_jax.config import base_config

@@ -1,13 +1,13 @@
 """Ablation ladder, ADE20K: IEDP with the explicit prompt concatenated to the implicit tokens
-(configs/ade.py with ``explicit.placement="concatenated"``, its one change).
+(iedp_jax/configs/ade.py with ``explicit.placement="concatenated"``, its one change).
 
-  python -m iedp_jax.train --config configs/ade_explicit_concat.py --workdir /ckpt/ade_concat \
+  python -m iedp_jax.train --config ade_explicit_concat --workdir /ckpt/ade_concat \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/ade20k
   python -m iedp_jax.evaluate --workdir /ckpt/ade_concat
 
-configs/ade.py ("scattered") makes the label prompt the explicit branch's whole context and puts
+iedp_jax/configs/ade.py ("scattered") makes the label prompt the explicit branch's whole context and puts
 class c's prompt-token map into attention channel c, which at inference is the map of learned
 query c: the gain of the explicit branch can then hinge on queries and classes lining up. Here
 the explicit branch's context is the image's 150 implicit tokens followed by the prompt tokens,

@@ -1,6 +1,6 @@
 """IEDP on your own depth folder (``data.name='folder_depth'``), with the NYUv2 recipe.
 
-  python -m iedp_jax.train --config configs/folder_depth.py --workdir /ckpt/mine_depth \
+  python -m iedp_jax.train --config folder_depth --workdir /ckpt/mine_depth \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/mine_depth --config.model.max_depth=10
@@ -11,7 +11,7 @@ depth PNGs, metres = value / scale, 0 = no value; depth above max_depth counts a
 Set ``model.max_depth`` to depth.json's max_depth (the model predicts sigmoid * max_depth).
 Training: a random crop, flip and BTS's colour augmentation; evaluation: VPD's sliding windows +
 flip over every pixel with 1e-3 < gt < max_depth, the 7 usual metrics. The model follows
-configs/nyu.py. Set ``train.total_steps`` for your data's size.
+iedp_jax/configs/nyu.py. Set ``train.total_steps`` for your data's size.
 """
 
 from iedp_jax.config import base_config

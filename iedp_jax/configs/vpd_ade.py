@@ -1,8 +1,8 @@
 """VPD on ADE20K (Zhao et al., ICCV 2023; github wl-zhao/VPD), rung 1 of the ablation ladder.
 
-  python -m iedp_jax.class_embeddings --config configs/vpd_ade.py --workdir /ckpt/vpd_ade \
+  python -m iedp_jax.class_embeddings --config vpd_ade --workdir /ckpt/vpd_ade \
       --config.model.pretrained=/models/stable-diffusion-v1-5   # optional: else the first run does it
-  python -m iedp_jax.train --config configs/vpd_ade.py --workdir /ckpt/vpd_ade \
+  python -m iedp_jax.train --config vpd_ade --workdir /ckpt/vpd_ade \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.data.data_dir=/data/ade20k
   python -m iedp_jax.evaluate --workdir /ckpt/vpd_ade                              # 53.7 target
@@ -13,7 +13,7 @@ multi-scale + flip. VPD's recipe: the UNet conditioned on fixed class embeddings
 embeddings of the 150 class names averaged over 80 templates, then the text adapter), unscaled
 VAE mean, mmcv parameter groups, pad 0 after normalising, CE over all pixels, mmseg head
 initialisation, Semantic FPN on in-channels [320, 790, 1430, 1280], 80k iterations at batch 16.
-One change from configs/ade_implicit.py: ``model.context="vpd"``. The CLIP image tower is not
+One change from iedp_jax/configs/ade_implicit.py: ``model.context="vpd"``. The CLIP image tower is not
 loaded (``model.clip_vision`` is not needed). The faithful class embeddings are VPD's own file,
 passed as-is (read without torch; a .npy works too):
 ``--config.model.class_embeddings_file=/src/VPD/segmentation/class_embeddings.pth``; without it

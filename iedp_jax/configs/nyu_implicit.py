@@ -1,8 +1,8 @@
-"""Ablation ladder, NYUv2 rung 2: VPD + the implicit branch (configs/nyu.py without the explicit
-branch, ``model.explicit_weight=0``); one change from configs/vpd_nyu.py: the context is 8
+"""Ablation ladder, NYUv2 rung 2: VPD + the implicit branch (iedp_jax/configs/nyu.py without the explicit
+branch, ``model.explicit_weight=0``); one change from iedp_jax/configs/vpd_nyu.py: the context is 8
 queries read from the image instead of the scene class's fixed embedding.
 
-  python -m iedp_jax.train --config configs/nyu_implicit.py --workdir /ckpt/nyu_implicit \
+  python -m iedp_jax.train --config nyu_implicit --workdir /ckpt/nyu_implicit \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/nyu

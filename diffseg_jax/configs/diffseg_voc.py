@@ -12,7 +12,7 @@ code, github.com/VCG-team/DiffSegmenter, for its candidate file):
       --candidates /src/DiffSegmenter/dataset/voc12/predict_syn_txt_0.8_img_0.97.json \
       --out /data/voc_class_captions.jsonl
   # 2. the evaluation, replaying the original's candidates, in the original's fp16
-  python -m diffseg_jax.evaluate --config configs/diffseg_voc.py --workdir /tmp/diffseg_voc \
+  python -m diffseg_jax.evaluate --config diffseg_voc --workdir /tmp/diffseg_voc \
       --config.pretrained=/models/stable-diffusion-v1-5 --config.data.data_dir=/data \
       --config.filtering.mode=given \
       --config.filtering.given_file=/src/DiffSegmenter/dataset/voc12/predict_syn_txt_0.8_img_0.97.json \

@@ -1,8 +1,8 @@
-"""Ablation ladder, ADE20K rung 2: VPD + the implicit branch (configs/ade.py without the
-explicit branch, ``model.explicit_weight=0``); one change from configs/vpd_ade.py: the context
+"""Ablation ladder, ADE20K rung 2: VPD + the implicit branch (iedp_jax/configs/ade.py without the
+explicit branch, ``model.explicit_weight=0``); one change from iedp_jax/configs/vpd_ade.py: the context
 comes from the image (CLIP image tokens -> 150 queries) instead of fixed class embeddings.
 
-  python -m iedp_jax.train --config configs/ade_implicit.py --workdir /ckpt/ade_implicit \
+  python -m iedp_jax.train --config ade_implicit --workdir /ckpt/ade_implicit \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/ade20k

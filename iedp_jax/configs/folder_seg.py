@@ -1,6 +1,6 @@
 """IEDP on your own segmentation folder (``data.name='folder'``), with the ADE20K recipe.
 
-  python -m iedp_jax.train --config configs/folder_seg.py --workdir /ckpt/mine \
+  python -m iedp_jax.train --config folder_seg --workdir /ckpt/mine \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/mine     # classes.json, images/{train,val}/, labels/{train,val}/
@@ -8,7 +8,7 @@
 
 The folder layout is in docs/datasets.md: classes.json = {"classes": [...], "ignore_index": 255};
 label PNGs hold the class ids. The class names become the explicit branch's prompts and the
-legend of ``python -m iedp_jax.predict``. Training and evaluation follow configs/ade.py (mmseg's
+legend of ``python -m iedp_jax.predict``. Training and evaluation follow iedp_jax/configs/ade.py (mmseg's
 ADE20K pipeline without reduce_zero_label, sliding 512 windows at stride 341, short side 512).
 The folder is read directly (``data.format='folders'``); ``tfds`` prepares it once instead.
 Set ``train.total_steps`` for your data's size.

@@ -9,7 +9,7 @@ file names the images COCO_val2014_<id>.jpg; they are matched to val2017's <id>.
       --model /models/blip-image-captioning-large \
       --candidates /src/DiffSegmenter/dataset/coco/predict_syn_txt_0.8_img_0.97.json \
       --out /data/coco_class_captions.jsonl
-  python -m diffseg_jax.evaluate --config configs/diffseg_coco.py --workdir /tmp/diffseg_coco \
+  python -m diffseg_jax.evaluate --config diffseg_coco --workdir /tmp/diffseg_coco \
       --config.pretrained=/models/stable-diffusion-v1-5 --config.data.data_dir=/data \
       --config.filtering.mode=given \
       --config.filtering.given_file=/src/DiffSegmenter/dataset/coco/predict_syn_txt_0.8_img_0.97.json \
@@ -17,7 +17,7 @@ file names the images COCO_val2014_<id>.jpg; they are matched to val2017's <id>.
 
 The published number is ``threshold_sweep.best_mIoU`` of results.json; ``mIoU`` is the fixed
 threshold 0.5, and ``--config.eval.threshold_from`` takes the threshold from a held-out run (see
-configs/diffseg_voc.py). ``data_dir`` holds coco/images/val2017 + annotations (see
+diffseg_jax/configs/diffseg_voc.py). ``data_dir`` holds coco/images/val2017 + annotations (see
 diffseg_jax.datasets). Peers: MaskCLIP 20.6, ProxyCLIP 39.1, CaR 37.5. Differences from the
 official code (the COCO ground truth among them): docs/diffsegmenter.md.
 """

@@ -1,6 +1,6 @@
 """Smoke run: a tiny random backbone on synthetic segmentation, about 3 minutes on 2 CPU cores.
 
-  python -m iedp_jax.train --config configs/smoke_seg.py --workdir /tmp/iedp
+  python -m iedp_jax.train --config smoke_seg --workdir /tmp/iedp
 
 Writes the tiny backbone (real diffusers/HF layout) into the workdir, trains both branches,
 and evaluates the implicit branch on the synthetic validation split; expect mIoU >= 0.9

@@ -1,6 +1,6 @@
 """IEDP on KITTI monocular depth, Eigen split with the annotated ground truth (BTS protocol).
 
-  python -m iedp_jax.train --config configs/kitti.py --workdir /ckpt/iedp_kitti \
+  python -m iedp_jax.train --config kitti --workdir /ckpt/iedp_kitti \
       --config.model.pretrained=/models/stable-diffusion-v1-5 \
       --config.model.clip_vision=/models/clip-vit-large-patch14 \
       --config.data.data_dir=/data/kitti    # raw <date>/ folders, data_depth_annotated/, split files
@@ -12,7 +12,7 @@ ranges; testing predicts the whole KB crop (one 352x1216 window) averaged with i
 (VPD-family test), clips predictions to [1e-3, 80] as BTS, and scores the Garg crop of the full
 frame (``data.eval_crop="eigen"`` for the Eigen crop) where 1e-3 < gt < 80 m, split lines whose
 ground truth is ``None`` skipped. Metrics: AbsRel, SqRel, RMSE, RMSE-log, log10, delta1-3, per
-image then averaged. The model follows configs/nyu.py (VPD's depth recipe) with max depth 80 m;
+image then averaged. The model follows iedp_jax/configs/nyu.py (VPD's depth recipe) with max depth 80 m;
 the explicit branch prompts "a photo of a street" (ours: KITTI has no scene labels).
 """
 

@@ -1,6 +1,6 @@
 """Smoke run for depth: a tiny random backbone on synthetic depth, minutes on a laptop CPU.
 
-  python -m iedp_jax.train --config configs/smoke_depth.py --workdir /tmp/iedp_depth
+  python -m iedp_jax.train --config smoke_depth --workdir /tmp/iedp_depth
 
 The explicit branch prompts with the scene name; expect a small RMSE on the validation split.
 """
