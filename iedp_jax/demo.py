@@ -6,7 +6,7 @@ run's ``config.json``, ``run.json`` and latest checkpoint, no dataset): segmenta
 class colours over the photo with a legend of the classes present, depth a viridis preview with a
 colour bar in metres. Segmentation offers the run's single-scale protocol (sliding window) or its
 multi-scale protocol (``eval.scales`` x flip); depth runs its windows + flip protocol. The workdir
-of the README's first command (``configs/smoke_seg.py``) is enough to try it.
+of the README's first command (``--config smoke_seg``) is enough to try it.
 
 Compilations. The protocols compile once per input shape, so the photo is resized to a
 canonical size of its aspect-ratio bucket (:func:`iedp_jax.infra.webapp.aspect_size`: 1:1, 5:4,

@@ -130,7 +130,7 @@ def test_memory_guard_sentence(folders, images, model, tmp_path, capsys, monkeyp
     # not: the program is compiled (a cache hit here), checked, and not run.
     monkeypatch.setattr(pipeline, "available_memory", lambda device=None: 3 * 2 ** 19)
     fresh = PretrainedDiffSegmenter(model.segmenter, model.params)
-    with pytest.raises(UserError, match=r"^DiffSegmenter needs about 0\.00\d+ GiB for 1 image x 2 classes at 32 px "
+    with pytest.raises(UserError, match=r"^DiffSegmenter needs about 0\.0\d+ GiB for 1 image x 2 classes at 32 px "
                                         r"\(self-attention 16x16\) but the host has 0\.0015 GiB free: lower image_size "
                                         r"\(now 32; the pipeline's native size is 32\) or segment fewer classes per "
                                         r"call \(classes_per_call\)\.$"):

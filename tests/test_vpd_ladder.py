@@ -14,7 +14,7 @@ train step (the embedding itself: test_vpd_baseline.py).
 VPD's test prompts each test image with its own scene: the VPD rung is scored again on the same
 test frames listed under swapped scene folders, and the metrics must change. The two placements
 of the explicit tie (``explicit.placement``: iedp_jax/configs/ade.py and iedp_jax/configs/nyu.py scatter;
-iedp_jax/configs/*_explicit_concat.py concatenate) train on the fakes too (ADE20K; NYUv2 is one key away).
+iedp_jax/configs/*_explicit_concat.py concatenate) each train on the fakes too.
 """
 
 from __future__ import annotations
@@ -60,9 +60,7 @@ def _protocol_metrics(t, params, source, cfg, steps) -> dict:
     return finalize(acc, "depth", ())
 
 
-# nyu_explicit_concat differs from nyu.py by the one key that ade_explicit_concat trains with
-# (tests/test_vpd_fidelity.py): the placement is task-agnostic code, trained here once.
-@pytest.mark.parametrize("name", ["vpd_nyu", "ade_explicit_concat"])
+@pytest.mark.parametrize("name", ["vpd_nyu", "ade_explicit_concat", "nyu_explicit_concat"])
 def test_ladder_rung_trains(name, layouts, tmp_path):
     sd = layouts["sd"]
     cfg = load_config(name, **SMALL, **{"model.pretrained": str(sd), "model.clip_vision": str(sd / "image_encoder"),

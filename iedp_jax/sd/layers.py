@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen import dtypes
 
 Dtype = Any
 
@@ -19,44 +20,55 @@ def group_norm(groups: int, eps: float, dtype: Dtype, param_dtype: Dtype, name: 
                         use_fast_variance=False, name=name)
 
 
-def _conv_after_input(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-    """``lax.conv_general_dilated`` whose kernel is tied to its input by an optimisation barrier.
-
-    In a low-precision convolution the compiler inserts a cast of the kernel (to the compute
-    dtype, and on XLA:CPU, which has no bfloat16 convolution, to float32). A cast depends on
-    nothing but a parameter, so the scheduler is free to run every one of them at the start:
-    a float32 copy of all of SD 1.5's kernels (3.4 GiB) alive at once, which made DiffSegmenter
-    in bfloat16 larger than in float32. The barrier makes each cast wait for its input."""
-    lhs, rhs = jax.lax.optimization_barrier((lhs, rhs))
-    return jax.lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+@jax.custom_vjp
+def _tie(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(x, w)`` unchanged, but ``w`` cannot be used before ``x`` exists (an optimisation
+    barrier in the forward pass only; cotangents pass straight through)."""
+    return jax.lax.optimization_barrier((x, w))
 
 
-def _dot_after_input(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-    """``lax.dot_general`` whose weight is tied to its input (see ``_conv_after_input``)."""
-    lhs, rhs = jax.lax.optimization_barrier((lhs, rhs))
-    return jax.lax.dot_general(lhs, rhs, *args, **kwargs)
+_tie.defvjp(lambda x, w: (jax.lax.optimization_barrier((x, w)), None), lambda _, ct: ct)
+
+
+def _promote_after_input(*args: Any, dtype: Dtype = None, inexact: bool = True) -> list[Any]:
+    """Flax's ``promote_dtype`` (the cast of input, weight and bias to the compute dtype), with
+    the weight tied to the input first.
+
+    A layer computing below float32 casts its weight; the cast depends on nothing but a
+    parameter, so XLA may run every layer's cast at the start and keep all the copies alive (and
+    XLA:CPU, which has no bfloat16 convolution, a float32 copy of each as well): a copy of every
+    SD 1.5 kernel at once, which made DiffSegmenter in bfloat16 larger than in float32 and
+    doubled the bfloat16 train step's temporaries. Tied to the input, each cast runs when its
+    layer does."""
+    x, w, *rest = args
+    x, w = _tie(x, w)
+    return dtypes.promote_dtype(x, w, *rest, dtype=dtype, inexact=inexact)
 
 
 def _low_precision(dtype: Dtype) -> bool:
     return dtype is not None and jnp.dtype(dtype) != jnp.float32
 
 
+def _promote(dtype: Dtype):
+    return _promote_after_input if _low_precision(dtype) else dtypes.promote_dtype
+
+
 def dense(features: int, use_bias: bool = True, *, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Dense:
-    """``nn.Dense`` (low-precision compute: the weight's cast waits for the input, as in
-    :func:`conv`)."""
+    """``nn.Dense`` (low-precision compute: the weight's cast waits for the input, see
+    ``_promote_after_input``)."""
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                    dot_general=_dot_after_input if _low_precision(dtype) else jax.lax.dot_general)
+                    promote_dtype=_promote(dtype))
 
 
 def conv(features: int, kernel: int, dtype: Dtype, param_dtype: Dtype, name: str,
          stride: int = 1, padding: Any = "SAME_TORCH", use_bias: bool = True) -> nn.Conv:
     """A 2-D convolution with PyTorch's symmetric ``kernel // 2`` padding unless told otherwise
-    (low-precision compute: the kernel's cast waits for the input, see ``_conv_after_input``)."""
+    (low-precision compute: the kernel's cast waits for the input, see ``_promote_after_input``)."""
     if padding == "SAME_TORCH":
         padding = ((kernel // 2, kernel // 2), (kernel // 2, kernel // 2))
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                    use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                   conv_general_dilated=_conv_after_input if _low_precision(dtype) else jax.lax.conv_general_dilated)
+                   promote_dtype=_promote(dtype))
 
 
 def _check_size(size: Sequence[int]) -> tuple[int, int]:
