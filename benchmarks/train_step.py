@@ -16,6 +16,7 @@ step, then ``--steps`` steps, synchronised at the end).
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import sys
@@ -116,10 +117,15 @@ def main() -> None:
     load = os.getloadavg()[0]
     b = cfg.train.batch_size
     stats = jax.devices()[0].memory_stats() or {}
-    del state, m
+    model = t.model
+    # Free every JAX buffer (state, frozen towers, batches, executables) before the reference runs:
+    # at SD 1.5 size both would not fit one 24 GiB host together.
+    del state, m, t, batches, compiled
+    gc.collect()
+    jax.clear_caches()
     jax_rss.__exit__()
     torch_rss = PeakRSS().__enter__()
-    ref = bench_torch(cfg, t.model, heads, workdir, host, steps.value) if run_torch else None
+    ref = bench_torch(cfg, model, heads, workdir, host, steps.value) if run_torch else None
     torch_rss.__exit__()
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  config: {cfg.data.name} "
           f"crop {tuple(cfg.data.crop_size)}  batch {b}  dtype {cfg.model.dtype}  remat {cfg.model.remat}")

@@ -26,10 +26,13 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # keeps this order). Measured on 2 cores in parallel (2026-11-30, whole suite 25.5 min): test_multiprocess
 # ~7 min, seg_learns ~6 min, test_train ~4 min, kill-anywhere resume ~3 min, depth_learns ~3 min,
 # trainer_features ~5 min, fsdp ~3 min, ade_config / nyu_config ~2 min each, test_torch_train_step
-# ~1.5 min, the VPD ladder ~1 min; memory_plan (mid-size compiles, 2026-12-07) ~5 min.
-LONG_FIRST = ("test_multiprocess", "seg_learns", "test_train", "memory_plan", "depth_learns", "trainer_features",
+# ~1.5 min, the VPD ladder ~1 min; memory_plan (mid-size compiles, 2026-12-07) ~5 min. On 2026-12-08,
+# with benchmarks running beside it, the whole suite took 53.5 min: memory_plan ~18 min (its bf16
+# compile alone 11), the new datasets' train + evaluate groups 1.5-2.7 min each, the VPD ladder ~4 min.
+LONG_FIRST = ("test_multiprocess", "memory_plan", "seg_learns", "test_train", "depth_learns", "trainer_features",
               "ade_config",
-              "nyu_config", "predict", "fsdp", "diffseg_configs", "test_torch_train_step", "test_vpd_ladder",
+              "nyu_config", "predict", "fsdp", "test_vpd_ladder", "datasets_folder_depth", "datasets_folder_seg",
+              "datasets_kitti", "datasets_cityscapes", "diffseg_configs", "test_torch_train_step",
               "test_reliability_kill")
 
 

@@ -54,11 +54,13 @@ def test_bfloat16_is_below_float32(mid, tmp_path_factory):
     """bfloat16 compute over float32 parameters and optimizer state needs less than float32 (it
     needed more before: the attention scores were kept in float32 and bfloat16). Norm statistics,
     softmax and the loss stay float32, so on this activation-dominated backbone the gain is small
-    (measured 1.40 vs 1.52 GiB); at full size the frozen towers in bfloat16 add 0.9 GiB to it."""
+    (measured 1.49 vs 1.52 GiB; 1.40 before the weight-cast barrier of iedp_jax.sd.layers, which
+    costs this small model a little and saves the full-size step 4.7 GiB); at full size the frozen
+    towers in bfloat16 add 0.9 GiB to it."""
     f32 = compiled_peak(mid, tmp_path_factory, "float32", "none")
     bf16 = compiled_peak(mid, tmp_path_factory, "bfloat16", "none")
     assert bf16["arguments"] < f32["arguments"]  # the frozen towers in bfloat16, the state in float32
-    assert bf16["temporaries"] < f32["temporaries"] and bf16["peak"] < 0.97 * f32["peak"], (bf16, f32)
+    assert bf16["temporaries"] < f32["temporaries"] and bf16["peak"] < f32["peak"], (bf16, f32)
 
 
 def test_remat_cuts_activations(mid, tmp_path_factory):
