@@ -33,16 +33,12 @@ from absl import flags
 from ml_collections import config_flags
 
 from benchmarks.rss import PeakRSS
+from benchmarks.unet import cpu_seconds
 from iedp_jax.build import resolve_backbone
 from iedp_jax.infra import sharding
 from iedp_jax.infra.memory import compiled_sizes
 from iedp_jax.trainer import build_trainer
 from tests.helpers import train_batch
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def bench_torch(cfg, model, heads: dict, workdir: Path, host_batches: list[dict[str, np.ndarray]],
@@ -71,13 +67,13 @@ def bench_torch(cfg, model, heads: dict, workdir: Path, host_batches: list[dict[
     float(m["loss"])
     sync()
     first = time.perf_counter() - start
-    start, cpu0 = time.perf_counter(), _cpu_seconds()
+    start, cpu0 = time.perf_counter(), cpu_seconds()
     for s in range(steps):
         m = torch_iedp.train_step(ref, opt, schedule, batches[s % 2], s + 1, clip_norm)
     float(m["loss"])
     sync()
     sec = (time.perf_counter() - start) / steps
-    cpu = (_cpu_seconds() - cpu0) / steps
+    cpu = (cpu_seconds() - cpu0) / steps
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
     return dict(sec=sec, cpu=cpu, load=os.getloadavg()[0], first=first, peak=peak, loss=float(m["loss"]),
                 device=str(dev))
@@ -108,12 +104,12 @@ def main() -> None:
     state, m = t.step_fn(state, t.frozen, batches[0])
     jax.block_until_ready(m)
     first = time.perf_counter() - start
-    start, cpu0 = time.perf_counter(), _cpu_seconds()
+    start, cpu0 = time.perf_counter(), cpu_seconds()
     for s in range(steps.value):
         state, m = t.step_fn(state, t.frozen, batches[s % 2])
     jax.block_until_ready(m)
     sec = (time.perf_counter() - start) / steps.value
-    cpu = (_cpu_seconds() - cpu0) / steps.value
+    cpu = (cpu_seconds() - cpu0) / steps.value
     load = os.getloadavg()[0]
     b = cfg.train.batch_size
     stats = jax.devices()[0].memory_stats() or {}

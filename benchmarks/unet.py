@@ -45,7 +45,8 @@ def timeit(fn, iters: int) -> float:
     return timed(fn, iters)["wall"]
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
+    """User + system CPU seconds of the whole process so far (all threads)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -55,10 +56,10 @@ def timed(fn, iters: int) -> dict:
     of the whole process (all threads; on a shared machine the figure that other work does not
     inflate) and the 1-minute load average at the end."""
     fn()
-    wall, cpu = time.perf_counter(), _cpu_seconds()
+    wall, cpu = time.perf_counter(), cpu_seconds()
     for _ in range(iters):
         fn()
-    return dict(wall=(time.perf_counter() - wall) / iters, cpu=(_cpu_seconds() - cpu) / iters,
+    return dict(wall=(time.perf_counter() - wall) / iters, cpu=(cpu_seconds() - cpu) / iters,
                 load=os.getloadavg()[0])
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from iedp_jax.data import transforms
-from iedp_jax.data.sources import Example, FileSource
+from iedp_jax.data.sources import Example, SegmentationFileSource
 from iedp_jax.infra.errors import ConfigError, DatasetError
 from iedp_jax.infra.files import DiskPairs, PairFiles
 from iedp_jax.infra.images import check_label_values, load_label
@@ -76,7 +76,7 @@ def list_pairs(root: Path, split: str) -> DiskPairs:
     return DiskPairs(pairs)
 
 
-class ADE20KSource(FileSource):
+class ADE20KSource(SegmentationFileSource):
     """ADE20K with VPD's mmseg pipeline (a :class:`~iedp_jax.data.sources.DataSource`).
 
     Train: :func:`~iedp_jax.data.transforms.ade20k_train_transform` (rescale ratio 0.5-2.0 of
@@ -143,17 +143,6 @@ class ADE20KSource(FileSource):
             ratio_range=self.ratio_range, cat_max_ratio=self.cat_max_ratio, photometric=self.photometric,
             pad_value=self.pad_value)
         return {"image": image, "label": label}
-
-    def _val_transform(self, ex: Example) -> Example:
-        image, label = transforms.seg_eval_transform(ex["image"], ex["label"], self.crop_size)
-        return {"image": image, "label": label}
-
-    def _full_resolution(self, ex: Example) -> Example:
-        return ex
-
-    def _pad(self) -> Example:
-        return {"image": np.zeros(self.crop_size + (3,), np.uint8),
-                "label": np.full(self.crop_size, transforms.IGNORE_INDEX, np.uint8)}
 
 
 class IedpAde20k(FolderBuilder):

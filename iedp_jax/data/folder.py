@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from iedp_jax.data import transforms
-from iedp_jax.data.sources import Example, FileSource
+from iedp_jax.data.sources import Example, FileSource, SegmentationFileSource
 from iedp_jax.infra.errors import ConfigError, DatasetError, DataValueError
 from iedp_jax.infra.files import DiskPairs, PairFiles
 from iedp_jax.infra.images import image_size, load_depth_png, load_label, load_rgb
@@ -154,7 +154,7 @@ def map_labels(label: np.ndarray, num_classes: int, ignore: int, name: str) -> n
     return out
 
 
-class LabelMapSource(FileSource):
+class LabelMapSource(SegmentationFileSource):
     """Segmentation over (image, label PNG) pairs with mmseg's ADE20K-style pipeline.
 
     Subclasses set ``class_names`` and implement ``_labels(label, name)`` (stored values ->
@@ -194,17 +194,6 @@ class LabelMapSource(FileSource):
         image, label = transforms.ade20k_train_transform(ex["image"], ex["label"], rng, self.crop_size,
                                                          img_scale=self.img_scale, pad_value=self.pad_value)
         return {"image": image, "label": label}
-
-    def _val_transform(self, ex: Example) -> Example:
-        image, label = transforms.seg_eval_transform(ex["image"], ex["label"], self.crop_size)
-        return {"image": image, "label": label}
-
-    def _full_resolution(self, ex: Example) -> Example:
-        return ex
-
-    def _pad(self) -> Example:
-        return {"image": np.zeros(self.crop_size + (3,), np.uint8),
-                "label": np.full(self.crop_size, transforms.IGNORE_INDEX, np.uint8)}
 
 
 def _target_name(file: Any, fallback: str) -> str:

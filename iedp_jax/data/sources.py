@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from iedp_jax.data import transforms
 from iedp_jax.data.order import EpochOrder
 from iedp_jax.infra.errors import ConfigError, DatasetError
 from iedp_jax.infra.files import PairFiles
@@ -182,3 +183,20 @@ class FileSource(EpochOrder):
             template = self._pad()
             return {k: np.zeros((0,) + np.shape(template[k]), np.asarray(template[k]).dtype) for k in self.batch_keys}
         return {k: np.stack([e[k] for e in examples]) for k in self.batch_keys}
+
+
+class SegmentationFileSource(FileSource):
+    """A :class:`FileSource` of (image, label map) pairs: what every segmentation dataset shares
+    (the centre-crop evaluation transform, full resolution as read, ignore-filled padding);
+    each dataset adds its decoding and its training transform."""
+
+    def _val_transform(self, ex: Example) -> Example:
+        image, label = transforms.seg_eval_transform(ex["image"], ex["label"], self.crop_size)
+        return {"image": image, "label": label}
+
+    def _full_resolution(self, ex: Example) -> Example:
+        return ex
+
+    def _pad(self) -> Example:
+        return {"image": np.zeros(self.crop_size + (3,), np.uint8),
+                "label": np.full(self.crop_size, transforms.IGNORE_INDEX, np.uint8)}
