@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -302,8 +303,6 @@ def test_bin_checkpoint_and_fp16_weights_load(sd1_unet, tmp_path):
 def _conv_stack_temporaries(make_conv) -> float:
     """XLA's temporaries (MiB) of 8 bfloat16 3x3 convolutions of 256 channels on an 8x8 input,
     compiled as the library compiles (``compiler_options``)."""
-    import flax.linen as nn
-
     from iedp_jax.infra.compile import compiler_options
 
     class Stack(nn.Module):
@@ -327,7 +326,7 @@ def test_low_precision_weight_casts_wait_for_their_layer():
     from iedp_jax.sd.layers import conv
 
     tied = _conv_stack_temporaries(lambda name: conv(256, 3, jnp.bfloat16, jnp.bfloat16, name))
-    untied = _conv_stack_temporaries(lambda name: __import__("flax.linen", fromlist=["Conv"]).Conv(
-        256, (3, 3), padding=((1, 1), (1, 1)), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, name=name))
+    untied = _conv_stack_temporaries(lambda name: nn.Conv(256, (3, 3), padding=((1, 1), (1, 1)), dtype=jnp.bfloat16,
+                                                          param_dtype=jnp.bfloat16, name=name))
     assert tied < 3 * 2.25, (tied, untied)
     assert untied > 6 * 2.25 or jax.default_backend() != "cpu", (tied, untied)
